@@ -1,0 +1,183 @@
+"""The Python API: compress, decompress, inspect, load. It returns results and never prints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_output
+from .container import MpzReader, MpzWriter
+from .errors import ConfigError, ModelpressError
+from .formats import FORMAT_NAMES, TensorReader, open_reader, writer_for
+from .pipeline import ErrorStats, Options, decode, encode, measure, plan
+from .report import Report, TensorRow
+
+
+def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+             **options: Any) -> Report:
+    """Compress a weights file into an .mpz file, one tensor at a time.
+
+    Parameters
+    ----------
+    src : path of a .npz, .h5 or .safetensors file.
+    dst : path of the .mpz file to write (atomically; an existing one only with `force`).
+    **options : fields of `Options` (bits, group_size, symmetric, prune, half, ...).
+
+    Returns
+    -------
+    Report : per-tensor sizes and errors, measured by decoding the stored bytes back.
+    """
+    src, dst = Path(src), Path(dst)
+    opts = Options(**options)
+    if src.suffix.lower() == ".mpz":
+        raise ConfigError("is already an .mpz file; decompress it first", path=src)
+    started = time.perf_counter()
+    reader = _open(src)
+    try:
+        with atomic_output(dst, force=force, inputs=(src,)) as tmp:
+            rows = _compress_into(reader, src, tmp, opts)
+            out_bytes = tmp.stat().st_size
+    finally:
+        reader.close()
+    return Report(str(src), str(dst), src.stat().st_size, out_bytes,
+                  time.perf_counter() - started, rows)
+
+
+def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) -> list[TensorRow]:
+    source = {"format": reader.format, "file": src.name, "bytes": src.stat().st_size,
+              "metadata": dict(reader.metadata)}
+    writer = MpzWriter(tmp, source)
+    rows: list[TensorRow] = []
+    seen: dict[tuple, TensorRow] = {}
+    try:
+        for info in reader.infos():
+            x = reader.read(info.name)
+            digest = (info.dtype, info.shape,
+                      hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
+            if digest in seen:  # tied weights: identical bytes, stored once
+                twin = seen[digest]
+                writer.add_alias(info, twin.name)
+                rows.append(TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}",
+                                      twin.bits, twin.sparsity, info.n_bytes, 0, info.size,
+                                      twin.errors))
+                continue
+            try:
+                stages, note = plan(info, x, opts)
+                blocks = encode(x, stages)
+                y = decode(blocks, stages, info)
+                lossy = any(s.stage_id != "pack.byteplanes" for s in stages)
+                errors = measure(x, y, lossy)
+            except ModelpressError as e:
+                e.at(path=src, tensor=info.name)
+                raise
+            writer.add(info, stages, blocks)
+            row = TensorRow(info.name, info.shape, info.dtype, _method(stages), _bits(stages, x),
+                            _zero_fraction(y), info.n_bytes,
+                            sum(block.length for block, _ in blocks.values()), info.size,
+                            errors, note)
+            rows.append(row)
+            seen[digest] = row
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return rows
+
+
+def _method(stages) -> str:
+    lossy = [s.describe() for s in stages if s.stage_id != "pack.byteplanes"]
+    return " + ".join(lossy) if lossy else "lossless"
+
+
+def _bits(stages, x: np.ndarray) -> int:
+    """Bits per stored value before packing overheads: the code width or the float width."""
+    for stage in stages:
+        if hasattr(stage, "bits"):
+            return stage.bits
+        if stage.stage_id == "quantize.half":
+            return 16
+    return x.dtype.itemsize * 8
+
+
+def _zero_fraction(y: np.ndarray) -> float:
+    return float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0
+
+
+@dataclass
+class DecompressResult:
+    """What `decompress` wrote."""
+
+    output: str
+    format: str
+    tensors: int
+    bytes_written: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def decompress(src: str | os.PathLike, dst: str | os.PathLike, *,
+               force: bool = False) -> DecompressResult:
+    """Rebuild a weights file from an .mpz; the format follows `dst`'s extension.
+
+    What the target format cannot hold (HDF5 attributes in .npz, bfloat16 in .h5) is named in
+    the result's warnings, never dropped silently.
+    """
+    src, dst = Path(src), Path(dst)
+    write = writer_for(dst)
+    started = time.perf_counter()
+    warnings: list[str] = []
+    with MpzReader(src) as reader, atomic_output(dst, force=force, inputs=(src,)) as tmp:
+        write(tmp, reader, warnings.append)
+        n_bytes = tmp.stat().st_size
+    return DecompressResult(str(dst), FORMAT_NAMES[dst.suffix.lower()], len(reader.entries),
+                            n_bytes, time.perf_counter() - started, warnings)
+
+
+def inspect(path: str | os.PathLike) -> dict[str, Any]:
+    """The index of an .mpz file: file facts and, per tensor, its stages and stored bytes."""
+    path = Path(path)
+    with MpzReader(path) as reader:
+        index = reader.index
+        tensors = []
+        for entry in reader.entries.values():
+            info = entry.info
+            stored = 0 if entry.same_as else entry.stored_bytes
+            tensors.append({"name": info.name, "shape": list(info.shape), "dtype": info.dtype,
+                            "method": entry.describe(),
+                            "stages": [s.get_config() for s in entry.stages],
+                            "same_as": entry.same_as, "stored_bytes": stored,
+                            "bits_per_weight": round(8 * stored / info.size, 4)
+                            if info.size else 0.0})
+        size = path.stat().st_size
+        params = sum(e.info.size for e in reader.entries.values())
+        return {"file": str(path), "bytes": size, "format_version": index.get("version"),
+                "tool": index.get("tool"),
+                "source": {k: v for k, v in index["source"].items() if k != "metadata"},
+                "metadata_keys": sorted(reader.metadata), "tensors": tensors,
+                "params": params, "bits_per_weight": round(8 * size / params, 4)
+                if params else 0.0}
+
+
+def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a weights file (.mpz, .npz, .h5, .safetensors) as a dict of arrays."""
+    path = Path(path)
+    reader = MpzReader(path) if path.suffix.lower() == ".mpz" else _open(path)
+    try:
+        return {info.name: reader.read(info.name) for info in reader.infos()}
+    finally:
+        reader.close()
+
+
+def _open(path: Path) -> TensorReader:
+    if not path.exists():
+        raise ModelpressError("no such file", path=path)
+    return open_reader(path)
+
+
+__all__ = ["DecompressResult", "ErrorStats", "compress", "decompress", "inspect", "load"]

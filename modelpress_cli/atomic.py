@@ -1,0 +1,49 @@
+"""Outputs appear whole or not at all: written beside the target, renamed over it at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ModelpressError, OutputExistsError
+
+
+def check_output(target: Path, *, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output that exists (without `force`), is an input, or has no folder."""
+    for src in inputs:
+        if target.exists() and src.exists() and os.path.samefile(target, src):
+            raise OutputExistsError("the output is the input file; choose another path",
+                                    path=target)
+    if target.exists() and not force:
+        raise OutputExistsError("already exists (pass --force to overwrite)", path=target)
+    if target.is_dir():
+        raise OutputExistsError("is a directory; give a file path", path=target)
+    if not target.parent.is_dir():
+        raise ModelpressError("the output folder does not exist; create it first", path=target)
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path, *, force: bool = False,
+                  inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `target`; rename it over `target` only on success.
+
+    A failed or interrupted block (Ctrl-C included) leaves `target` untouched and no temporary
+    file behind.
+    """
+    target = Path(target)
+    check_output(target, force=force, inputs=inputs)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,41 @@
+"""Weights formats by file extension: a reader opens one, a writer streams one out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import DTYPES, FLOAT_DTYPES, TensorInfo, TensorReader, TensorWriter, dtype_name
+from .h5 import H5Reader, write_h5
+from .npz import NpzReader, write_npz
+from .safetensors import SafetensorsReader, write_safetensors
+
+READERS = {".npz": NpzReader, ".h5": H5Reader, ".hdf5": H5Reader,
+           ".safetensors": SafetensorsReader}
+WRITERS: dict[str, TensorWriter] = {".npz": write_npz, ".h5": write_h5, ".hdf5": write_h5,
+                                    ".safetensors": write_safetensors}
+FORMAT_NAMES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".safetensors": "safetensors"}
+
+
+def _suffix(path: Path, table: dict) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in table:
+        raise ConfigError(f"unknown extension {path.suffix or '(none)'!r}; use one of "
+                          f"{', '.join(sorted(table))}", path=path)
+    return suffix
+
+
+def open_reader(path: str | Path) -> TensorReader:
+    """A reader for a weights file, chosen by its extension."""
+    path = Path(path)
+    return READERS[_suffix(path, READERS)](path)
+
+
+def writer_for(path: str | Path) -> TensorWriter:
+    """The writer for a weights file, chosen by its extension."""
+    path = Path(path)
+    return WRITERS[_suffix(path, WRITERS)]
+
+
+__all__ = ["DTYPES", "FLOAT_DTYPES", "FORMAT_NAMES", "TensorInfo", "TensorReader",
+           "TensorWriter", "dtype_name", "open_reader", "writer_for"]

@@ -1,0 +1,108 @@
+"""What every weights format shares: tensor descriptions, dtype names and the reader protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Protocol
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import FormatError
+
+#: Canonical dtype names, as stored in .mpz indexes; numpy lacks bfloat16 and float8, ml_dtypes
+#: (the JAX project's numpy extension) adds them so they travel as ordinary arrays.
+DTYPES: dict[str, np.dtype] = {
+    "bool": np.dtype(np.bool_),
+    "uint8": np.dtype("<u1"), "int8": np.dtype("<i1"),
+    "uint16": np.dtype("<u2"), "int16": np.dtype("<i2"),
+    "uint32": np.dtype("<u4"), "int32": np.dtype("<i4"),
+    "uint64": np.dtype("<u8"), "int64": np.dtype("<i8"),
+    "float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "float64": np.dtype("<f8"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16",
+                          "float8_e4m3fn", "float8_e5m2"})
+#: Dtypes that plain numpy files and HDF5 can hold; others are widened to float32 there.
+NUMPY_NATIVE = frozenset(DTYPES) - {"bfloat16", "float8_e4m3fn", "float8_e5m2"}
+
+#: Refuse to describe a tensor of more elements than this (2**40: 4 TiB of float32).
+MAX_ELEMENTS = 1 << 40
+
+
+def dtype_name(dtype: np.dtype, *, path=None, tensor: str | None = None) -> str:
+    """The canonical name of a numpy dtype, or a FormatError for kinds we do not store."""
+    dtype = np.dtype(dtype)
+    for name, known in DTYPES.items():
+        if dtype == known or (dtype.kind in "biuf" and dtype.newbyteorder("<") == known):
+            return name
+    raise FormatError(f"unsupported dtype {dtype.str!r} (numeric and bool tensors only)",
+                      path=path, tensor=tensor)
+
+
+def check_shape(shape: Any, *, path=None, tensor: str | None = None) -> tuple[int, ...]:
+    """A shape as a tuple of non-negative ints whose element count stays under MAX_ELEMENTS."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > 64 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS
+            for d in shape):
+        raise FormatError(f"invalid shape {shape!r}", path=path, tensor=tensor)
+    if prod(shape) > MAX_ELEMENTS:
+        raise FormatError(f"shape {list(shape)} declares more than 2**40 elements",
+                          path=path, tensor=tensor)
+    return tuple(shape)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor's description, known before its data is read."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # a key of DTYPES
+    attrs: dict[str, Any] = field(default_factory=dict)  # JSON-safe, format-specific encoding
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def n_bytes(self) -> int:
+        return self.size * DTYPES[self.dtype].itemsize
+
+
+class TensorReader(Protocol):
+    """One weights file, handed over one tensor at a time."""
+
+    format: str                  # "npz", "h5", "safetensors" or "mpz"
+    metadata: Mapping[str, Any]  # JSON-safe, format-specific (h5 attributes, __metadata__)
+
+    def infos(self) -> Iterator[TensorInfo]: ...  # in file order; no data read
+    def read(self, name: str) -> np.ndarray: ...  # one tensor, checked against its TensorInfo
+    def close(self) -> None: ...
+
+
+#: A writer takes the output path, a reader of the tensors to write and a callback for warnings
+#: about what the target format cannot carry over.
+TensorWriter = Callable[[Any, TensorReader, Callable[[str], None]], None]
+
+
+def widen_for_numpy(reader: TensorReader, target: str, warn: Callable[[str], None]) -> set[str]:
+    """Names of tensors whose dtype `target` cannot hold; they are written as float32."""
+    widened = {i.name for i in reader.infos() if i.dtype not in NUMPY_NATIVE}
+    if widened:
+        dtypes = sorted({i.dtype for i in reader.infos() if i.name in widened})
+        warn(f"{target} cannot store {', '.join(dtypes)}: {len(widened)} tensor(s) written as "
+             f"float32 (values unchanged), e.g. {sorted(widened)[0]!r}")
+    return widened
+
+
+def checked(array: np.ndarray, info: TensorInfo, *, path=None) -> np.ndarray:
+    """`array` as a C-contiguous little-endian array matching `info`, or a FormatError."""
+    if tuple(array.shape) != info.shape:
+        raise FormatError(f"data has shape {list(array.shape)}, header says {list(info.shape)}",
+                          path=path, tensor=info.name)
+    return np.ascontiguousarray(array, dtype=DTYPES[info.dtype])

@@ -1,0 +1,156 @@
+"""`.h5`: HDF5 files as Keras writes them; every group and attribute is kept.
+
+Tensor names are dataset paths without the leading slash (``model_weights/dense/dense/kernel:0``).
+Attributes travel in a JSON-safe tagged form (see `encode_attr`) so that an .h5 decompressed
+from .mpz gets them back with their HDF5 types: fixed-length byte strings stay fixed-length, which
+is what Keras' `layer_names` and `weight_names` are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import FormatError
+from .base import TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+
+
+def encode_attr(value: Any) -> dict | None:
+    """A JSON-safe, exact form of an HDF5 attribute value; None for kinds we cannot carry."""
+    if isinstance(value, str):
+        return {"str": value}
+    if isinstance(value, bytes):
+        return {"bytes": value.decode("latin-1")}
+    array = np.asarray(value)
+    scalar = not isinstance(value, np.ndarray)
+    if array.dtype.kind == "S":
+        data = [b.decode("latin-1") for b in array.reshape(-1).tolist()]
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "strings": data}
+    if array.dtype.kind == "O" and all(isinstance(v, (str, bytes)) for v in array.flat):
+        data = [v.decode() if isinstance(v, bytes) else v for v in array.flat]
+        return {"dtype": "vlen-str", "shape": list(array.shape), "strings": data}
+    if array.dtype.kind in "biuf" and array.dtype.fields is None:
+        return {"dtype": array.dtype.str, "shape": list(array.shape), "hex": array.tobytes().hex(),
+                "scalar": scalar}
+    return None
+
+
+def decode_attr(encoded: dict) -> Any:
+    """The value to hand h5py for an attribute stored by `encode_attr`."""
+    if "str" in encoded:
+        return encoded["str"]
+    if "bytes" in encoded:
+        return np.bytes_(encoded["bytes"].encode("latin-1"))
+    shape = tuple(encoded["shape"])
+    if encoded["dtype"] == "vlen-str":
+        return np.array(encoded["strings"], dtype=h5py.string_dtype()).reshape(shape)
+    if "strings" in encoded:
+        data = [s.encode("latin-1") for s in encoded["strings"]]
+        return np.array(data, dtype=encoded["dtype"]).reshape(shape)
+    array = np.frombuffer(bytes.fromhex(encoded["hex"]), dtype=encoded["dtype"]).reshape(shape)
+    return array[()] if encoded.get("scalar") else array
+
+
+class H5Reader:
+    """Walks the file once for groups, datasets and attributes; reads data on `read`."""
+
+    format = "h5"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise FormatError(f"not a readable HDF5 file ({e})", path=self.path) from None
+        try:
+            self.metadata, self._infos = self._walk()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _attrs(self, obj, where: str) -> dict:
+        out = {}
+        for key in obj.attrs:
+            encoded = encode_attr(obj.attrs[key])
+            if encoded is None:
+                raise FormatError(f"attribute {key!r} of {where!r} has a type modelpress cannot "
+                                  "carry (compound, reference or enum)", path=self.path)
+            out[key] = encoded
+        return out
+
+    def _walk(self) -> tuple[dict, dict[str, TensorInfo]]:
+        groups: dict[str, dict] = {"/": self._attrs(self._file, "/")}
+        infos: dict[str, TensorInfo] = {}
+
+        def visit(name: str, link) -> None:
+            if isinstance(link, h5py.ExternalLink):
+                raise FormatError(f"{name!r} is an external link to {link.filename!r}; "
+                                  "modelpress reads only data inside the file", path=self.path)
+            if isinstance(link, h5py.SoftLink):
+                raise FormatError(f"{name!r} is a soft link to {link.path!r}; modelpress copies "
+                                  "datasets, not links: replace it with the data", path=self.path)
+            obj = self._file[name]
+            if isinstance(obj, h5py.Group):
+                groups[name] = self._attrs(obj, name)
+            else:
+                infos[name] = self._describe(name, obj)
+
+        self._file.visititems_links(visit)
+        return {"groups": groups}, infos
+
+    def _describe(self, name: str, ds: h5py.Dataset) -> TensorInfo:
+        if ds.is_virtual or ds.external:
+            raise FormatError("is a virtual or externally stored dataset; modelpress reads only "
+                              "data inside the file", path=self.path, tensor=name)
+        if ds.dtype.kind not in "biuf" or ds.dtype.fields is not None:
+            raise FormatError(f"has non-numeric type {ds.dtype}; only numeric and bool "
+                              "datasets are weights", path=self.path, tensor=name)
+        shape = check_shape(list(ds.shape) if ds.shape is not None else None,
+                            path=self.path, tensor=name)
+        return TensorInfo(name, shape, dtype_name(ds.dtype, path=self.path, tensor=name),
+                          self._attrs(ds, name))
+
+    def infos(self) -> Iterator[TensorInfo]:
+        return iter(self._infos.values())
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._infos[name]
+        try:
+            array = np.asarray(self._file[name][()])
+        except (OSError, ValueError) as e:
+            raise FormatError(f"cannot read data ({e})", path=self.path, tensor=name) from None
+        return checked(array, info, path=self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_h5(path: str | os.PathLike, reader: TensorReader,
+             warn: Callable[[str], None]) -> None:
+    """Write groups (with attributes) first, then each dataset as it is read."""
+    widened = widen_for_numpy(reader, ".h5", warn)
+    with h5py.File(path, "w") as f:
+        groups = reader.metadata.get("groups", {}) if reader.format == "h5" else {}
+        for name, attrs in groups.items():
+            group = f if name == "/" else f.require_group(name)
+            for key, encoded in attrs.items():
+                group.attrs[key] = decode_attr(encoded)
+        if reader.format == "safetensors":  # string metadata fits as root attributes
+            for key, value in reader.metadata.get("__metadata__", {}).items():
+                f.attrs[key] = value
+        for info in reader.infos():
+            array = reader.read(info.name)
+            if info.name in widened:
+                array = array.astype(np.float32)
+            try:
+                ds = f.create_dataset(info.name, data=array)
+            except (ValueError, TypeError) as e:
+                raise FormatError(f"cannot be an HDF5 dataset name ({e})", path=path,
+                                  tensor=info.name) from None
+            for key, encoded in (info.attrs if reader.format == "h5" else {}).items():
+                ds.attrs[key] = decode_attr(encoded)

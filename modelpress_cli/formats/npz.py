@@ -1,0 +1,87 @@
+"""`.npz`: a zip of `.npy` members, as numpy's savez writes it; never unpickled."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy
+
+from ..errors import FormatError
+from .base import TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+
+
+class NpzReader:
+    """Reads each member's .npy header up front (shape, dtype); data only on `read`."""
+
+    format = "npz"
+    metadata: dict = {}
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise FormatError(f"not a readable .npz (zip) file: {e}", path=self.path) from None
+        try:
+            self._infos = {i.name: i for i in map(self._describe, self._zip.infolist())}
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _describe(self, member: zipfile.ZipInfo) -> TensorInfo:
+        if not member.filename.endswith(".npy"):
+            raise FormatError(f"member {member.filename!r} is not a .npy array", path=self.path)
+        name = member.filename[:-4]
+        try:
+            with self._zip.open(member) as f:
+                version = npy.read_magic(f)
+                read_header = (npy.read_array_header_1_0 if version == (1, 0)
+                               else npy.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                header_bytes = f.tell()
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise FormatError(f"bad .npy header: {e}", path=self.path, tensor=name) from None
+        if dtype.hasobject:
+            raise FormatError("holds Python objects (pickle); modelpress never unpickles",
+                              path=self.path, tensor=name)
+        info = TensorInfo(name, check_shape(shape, path=self.path, tensor=name),
+                          dtype_name(dtype, path=self.path, tensor=name))
+        if member.file_size != header_bytes + info.n_bytes:  # truncated, padded or a zip bomb
+            raise FormatError(f"member holds {member.file_size - header_bytes} data bytes, its "
+                              f"shape and dtype need {info.n_bytes}", path=self.path, tensor=name)
+        return info
+
+    def infos(self) -> Iterator[TensorInfo]:
+        return iter(self._infos.values())
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._infos[name]
+        try:
+            with self._zip.open(name + ".npy") as f:
+                array = npy.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            raise FormatError(f"cannot read data: {e}", path=self.path, tensor=name) from None
+        return checked(array, info, path=self.path)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def write_npz(path: str | os.PathLike, reader: TensorReader,
+              warn: Callable[[str], None]) -> None:
+    """Write an uncompressed .npz (as np.savez does), one member at a time."""
+    widened = widen_for_numpy(reader, ".npz", warn)
+    if reader.metadata or any(i.attrs for i in reader.infos()):
+        warn(f".npz has no place for metadata: the {reader.format} file's metadata and "
+             "attributes are not written (decompress to the source's format to keep them)")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for info in reader.infos():
+            array = reader.read(info.name)
+            if info.name in widened:
+                array = array.astype(np.float32)
+            with zf.open(info.name + ".npy", "w", force_zip64=True) as f:
+                npy.write_array(f, array, allow_pickle=False)

@@ -1,0 +1,148 @@
+"""`.safetensors`: an 8-byte header length, a JSON header, then the raw tensor bytes.
+
+Our own reader and writer, not the `safetensors` package's numpy helpers: those hold every tensor
+in memory at once and know no bfloat16. Checks follow the package's own `validate`: the header is
+bounded, every tensor's byte range matches its shape and dtype, and the ranges tile the data
+section exactly. Tests check compatibility with the `safetensors` package in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FormatError
+from .base import DTYPES, TensorInfo, TensorReader, check_shape, checked
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
+ST_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+            "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
+            "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
+            "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+ST_CODES = {v: k for k, v in ST_NAMES.items()}
+
+
+class SafetensorsReader:
+    """Reads the header once; each `read` seeks to one tensor's bytes."""
+
+    format = "safetensors"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "rb")
+        try:
+            self._infos, self._ranges, st_metadata = self._parse_header()
+        except BaseException:
+            self._file.close()
+            raise
+        self.metadata = {"__metadata__": st_metadata} if st_metadata else {}
+        self._by_name = {i.name: i for i in self._infos}
+
+    def _parse_header(self):
+        size = os.fstat(self._file.fileno()).st_size
+        head = self._file.read(8)
+        if len(head) < 8:
+            raise FormatError("too short to be a .safetensors file (no 8-byte header length)",
+                              path=self.path)
+        (n_header,) = struct.unpack("<Q", head)
+        if n_header > MAX_HEADER_BYTES or 8 + n_header > size:
+            raise FormatError(f"header length {n_header} is beyond the file's {size} bytes "
+                              "or the 100 MB limit: truncated or not a .safetensors file",
+                              path=self.path)
+        try:
+            header = json.loads(self._file.read(n_header))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise FormatError(f"header is not valid JSON ({e})", path=self.path) from None
+        if not isinstance(header, dict):
+            raise FormatError("header is not a JSON object", path=self.path)
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise FormatError("__metadata__ must map strings to strings", path=self.path)
+        data_start, data_size = 8 + n_header, size - 8 - n_header
+        infos, ranges = [], {}
+        for name, entry in header.items():
+            if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+                raise FormatError("entry needs exactly dtype, shape and data_offsets",
+                                  path=self.path, tensor=name)
+            if entry["dtype"] not in ST_NAMES:
+                raise FormatError(f"unknown dtype {entry['dtype']!r}", path=self.path,
+                                  tensor=name)
+            info = TensorInfo(name, check_shape(entry["shape"], path=self.path, tensor=name),
+                              ST_NAMES[entry["dtype"]])
+            offsets = entry["data_offsets"]
+            if (not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                    or not 0 <= offsets[0] <= offsets[1] <= data_size):
+                raise FormatError(f"data_offsets {offsets!r} lie outside the {data_size}-byte "
+                                  "data section (truncated file?)", path=self.path, tensor=name)
+            if offsets[1] - offsets[0] != info.n_bytes:
+                raise FormatError(f"holds {offsets[1] - offsets[0]} bytes but shape "
+                                  f"{list(info.shape)} of {info.dtype} needs {info.n_bytes}",
+                                  path=self.path, tensor=name)
+            infos.append(info)
+            ranges[name] = (data_start + offsets[0], offsets)
+        # The byte ranges must tile the data section: no overlap, no hole, nothing after.
+        end = 0
+        for _, (begin, stop) in sorted((r[1] for r in ranges.values()), key=tuple):
+            if begin != end:
+                raise FormatError("tensor data ranges overlap or leave a gap", path=self.path)
+            end = stop
+        if end != data_size:
+            raise FormatError(f"{data_size - end} bytes after the last tensor", path=self.path)
+        infos.sort(key=lambda i: ranges[i.name][1][0])  # file order
+        return infos, {k: v[0] for k, v in ranges.items()}, metadata
+
+    def infos(self) -> Iterator[TensorInfo]:
+        return iter(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._by_name[name]
+        out = np.empty(info.shape, dtype=DTYPES[info.dtype])
+        self._file.seek(self._ranges[name])
+        if self._file.readinto(out.reshape(-1).view(np.uint8)) != info.n_bytes:
+            raise FormatError("file ended inside this tensor's data", path=self.path,
+                              tensor=name)
+        return checked(out, info, path=self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_safetensors(path: str | os.PathLike, reader: TensorReader,
+                      warn: Callable[[str], None]) -> None:
+    """Write every tensor of `reader`, streaming: the header is known from the infos alone."""
+    infos = list(reader.infos())
+    header: dict = {}
+    metadata = _metadata_for_safetensors(reader, warn)
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    for info in infos:
+        header[info.name] = {"dtype": ST_CODES[info.dtype], "shape": list(info.shape),
+                             "data_offsets": [offset, offset + info.n_bytes]}
+        offset += info.n_bytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # pad like the reference writer: data starts 8-aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for info in infos:
+            f.write(memoryview(np.ascontiguousarray(reader.read(info.name)).reshape(-1)
+                               .view(np.uint8)))
+
+
+def _metadata_for_safetensors(reader: TensorReader, warn: Callable[[str], None]) -> dict:
+    """String metadata carries over from a safetensors source; anything else gets a warning."""
+    if reader.format == "safetensors":
+        return dict(reader.metadata.get("__metadata__", {}))
+    attributed = [i.name for i in reader.infos() if i.attrs]
+    groups = [g for g, a in reader.metadata.get("attrs", {}).items() if a]
+    if attributed or groups:
+        warn(f".safetensors has no place for HDF5 attributes: those of {len(groups)} group(s) "
+             f"and {len(attributed)} dataset(s) are not written (decompress to .h5 to keep them)")
+    return {}

@@ -1,0 +1,159 @@
+"""What a compress run gained and lost: rows per tensor, totals, JSON and a rich table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .pipeline import ErrorStats
+
+DEFAULT_ROWS = 30  # the largest and the worst tensors; --all shows every one
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One tensor's outcome; errors measured by decoding the stored bytes back."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    method: str
+    bits: int
+    sparsity: float
+    original_bytes: int
+    compressed_bytes: int
+    params: int
+    errors: ErrorStats
+    note: str | None = None
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.compressed_bytes / self.params if self.params else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "method": self.method, "bits": self.bits, "sparsity": round(self.sparsity, 6),
+                "original_bytes": self.original_bytes, "compressed_bytes": self.compressed_bytes,
+                "bits_per_weight": round(self.bits_per_weight, 4),
+                "rel_error": _num(self.errors.rel_error), "sqnr_db": _num(self.errors.sqnr_db),
+                "max_abs_error": _num(self.errors.max_abs), "note": self.note}
+
+
+@dataclass
+class Report:
+    """A compress run: per-tensor rows, file sizes, time and warnings."""
+
+    input: str
+    output: str
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+    rows: list[TensorRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def errors(self) -> ErrorStats:
+        total = ErrorStats(0.0, 0.0, 0.0)
+        for row in self.rows:
+            total = total + row.errors
+        return total
+
+    @property
+    def ratio(self) -> float:
+        return self.input_bytes / self.output_bytes if self.output_bytes else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Every byte of the .mpz file counted: headers, index, scales, masks."""
+        return 8 * self.output_bytes / self.params if self.params else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        errors = self.errors
+        return {"input": self.input, "output": self.output,
+                "totals": {"tensors": len(self.rows), "params": self.params,
+                           "original_bytes": self.input_bytes,
+                           "compressed_bytes": self.output_bytes,
+                           "ratio": round(self.ratio, 4),
+                           "bits_per_weight": round(self.bits_per_weight, 4),
+                           "rel_error": _num(errors.rel_error), "sqnr_db": _num(errors.sqnr_db),
+                           "max_abs_error": _num(errors.max_abs),
+                           "seconds": round(self.seconds, 3)},
+                "tensors": [r.to_json() for r in self.rows], "warnings": self.warnings}
+
+    def to_json_text(self) -> str:
+        return json.dumps(self.to_json(), indent=2, allow_nan=False)
+
+    def render_table(self, console: Console, *, all_rows: bool = False) -> None:
+        """Print the table; without `all_rows`, only the largest and worst tensors."""
+        shown = self.rows if all_rows else _largest_and_worst(self.rows, DEFAULT_ROWS)
+        table = Table(title=f"{self.input} → {self.output}", title_justify="left",
+                      show_footer=True)
+        errors = self.errors
+        footer = [f"total ({len(self.rows)} tensors)", "", "", _bytes(self.input_bytes),
+                  _bytes(self.output_bytes), f"{self.bits_per_weight:.2f}", "",
+                  _sci(errors.rel_error), _db(errors.sqnr_db), _sci(errors.max_abs)]
+        headers = ["tensor", "shape", "method", "original", "stored", "bits/w", "sparsity",
+                   "rel err", "SQNR dB", "max err"]
+        for header, foot in zip(headers, footer, strict=True):
+            numeric = header not in ("tensor", "shape", "method")
+            table.add_column(header, foot, justify="right" if numeric else "left",
+                             overflow="fold", no_wrap=numeric)
+        for row in shown:
+            method = row.method + (f" ({row.note})" if row.note else "")
+            table.add_row(row.name, "×".join(map(str, row.shape)) or "scalar", method,
+                          _bytes(row.original_bytes), _bytes(row.compressed_bytes),
+                          f"{row.bits_per_weight:.2f}", f"{row.sparsity:.1%}",
+                          _sci(row.errors.rel_error), _db(row.errors.sqnr_db),
+                          _sci(row.errors.max_abs))
+        console.print(table)
+        if len(shown) < len(self.rows):
+            console.print(f"… {len(self.rows) - len(shown)} more tensors not shown "
+                          "(--all lists every one)")
+        console.print(f"ratio {self.ratio:.2f}× · {self.bits_per_weight:.3f} bits per weight "
+                      f"(everything counted) · {self.seconds:.2f} s")
+
+
+def _largest_and_worst(rows: list[TensorRow], limit: int) -> list[TensorRow]:
+    """Up to `limit` rows, two thirds the largest and one third the worst, in file order."""
+    if len(rows) <= limit:
+        return rows
+    largest = sorted(rows, key=lambda r: -r.original_bytes)[: limit * 2 // 3]
+    worst = sorted(rows, key=lambda r: -r.errors.rel_error)
+    picked = {id(r) for r in largest}
+    for row in worst:
+        if len(picked) >= limit:
+            break
+        picked.add(id(row))
+    return [r for r in rows if id(r) in picked]
+
+
+def _num(value: float | None) -> float | None:
+    """JSON-safe: None stands for an infinite SQNR (no error at all)."""
+    if value is None or math.isinf(value) or math.isnan(value):
+        return None
+    return round(value, 6 if abs(value) >= 1e-3 else 12)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _sci(value: float) -> str:
+    return "0" if value == 0 else f"{value:.2e}"
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"

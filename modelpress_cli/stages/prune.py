@@ -1,0 +1,41 @@
+"""Magnitude pruning: the smallest weights become exact zeros."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Parts, Stage, register
+
+
+@register
+@dataclass(frozen=True)
+class MagnitudePrune(Stage):
+    """Zero the `sparsity` fraction of smallest-magnitude weights; the count is exact.
+
+    Runs before quantization, so that scales are fitted to the weights that survive.
+    """
+
+    stage_id: ClassVar[str] = "prune.magnitude"
+    sparsity: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) \
+                or not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+
+    def encode(self, parts: Parts) -> Parts:
+        flat = parts["values"].reshape(-1).copy()
+        k = round(self.sparsity * flat.size)
+        if k:  # argpartition is O(n): no full sort needed to find the k smallest
+            flat[np.argpartition(np.abs(flat), k - 1)[:k]] = 0
+        return {**parts, "values": flat.reshape(parts["values"].shape)}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        return parts  # lossy by design: the zeros travel as ordinary values
+
+    def describe(self) -> str:
+        return f"prune {self.sparsity:.0%}"
