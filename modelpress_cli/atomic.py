@@ -39,6 +39,7 @@ def atomic_output(target: Path, *, force: bool = False,
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -47,3 +48,9 @@ def atomic_output(target: Path, *, force: bool = False,
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -42,7 +42,28 @@ def _warn(messages: list[str], quiet: bool) -> None:
             _stderr().print(f"warning: {message}", markup=False)
 
 
-@click.group(epilog=EXIT_CODES)
+class _Failure(click.ClickException):
+    """A ModelpressError or OSError shown the click way: 'Error: ...' on stderr, its exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Group(click.Group):
+    """Turns the errors we expect (bad input, I/O) into one line and an exit status."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModelpressError as e:
+            raise _Failure(str(e), e.exit_code) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise _Failure(f"{where}{e.strerror or e}", 1) from None
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="modelpress")
 def cli() -> None:
     """Shrink saved neural-network weights (.npz, .h5, .safetensors) into one .mpz file."""
@@ -140,25 +161,9 @@ def inspect(src: Path, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: ModelpressError → one line and its exit code; anything else → exit 1."""
+    """Entry point: expected failures are one line (see _Group); a bug is one line too."""
     try:
-        cli.main(args=argv, prog_name="modelpress", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except ModelpressError as e:
-        click.echo(f"Error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"Error: {where}{e.strerror or e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; no output was written.", err=True)
-        sys.exit(130)
+        cli.main(args=argv, prog_name="modelpress")
     except Exception as e:  # a bug: one line, not a traceback
         click.echo(f"Error: internal error ({type(e).__name__}: {e}); please report it",
                    err=True)

@@ -23,7 +23,7 @@ from . import __version__
 from .bitpack import pack_bits, packed_size, unpack_bits
 from .entropy import CODECS, compress, decompress
 from .errors import FormatError, IntegrityError, ModelpressError
-from .formats.base import DTYPES, TensorInfo, check_shape
+from .formats.base import DTYPES, ClosingReader, TensorInfo, check_shape
 from .stages.base import Stage, decode_chain, stage_from_config
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"
@@ -164,7 +164,7 @@ class Entry:
         return " + ".join(lossy) if lossy else "lossless"
 
 
-class MpzReader:
+class MpzReader(ClosingReader):
     """A checked, lazy view of an .mpz file; `read` decodes one tensor.
 
     `format` and `metadata` are those of the file the .mpz was made from, so that writers
@@ -305,9 +305,3 @@ class MpzReader:
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> MpzReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -140,14 +140,15 @@ def measure(x: np.ndarray, y: np.ndarray, lossy: bool, *, chunk: int = 1 << 20) 
     if x.dtype.name not in FLOAT_DTYPES and x.dtype.kind != "f":
         return ErrorStats(0.0, 0.0, 0.0)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    for start in range(0, prod(x.shape), chunk):
-        a = xf[start:start + chunk].astype(np.float64)
-        if not lossy:
-            a = a[np.isfinite(a)]
+    with np.errstate(over="ignore"):  # float64 weights beyond 1e154: the sums saturate to inf
+        for start in range(0, prod(x.shape), chunk):
+            a = xf[start:start + chunk].astype(np.float64)
+            if not lossy:
+                a = a[np.isfinite(a)]
+                ref += float(a @ a)
+                continue
+            d = yf[start:start + chunk].astype(np.float64) - a
             ref += float(a @ a)
-            continue
-        d = yf[start:start + chunk].astype(np.float64) - a
-        ref += float(a @ a)
-        err += float(d @ d)
-        peak = max(peak, float(np.abs(d).max(initial=0)))
+            err += float(d @ d)
+            peak = max(peak, float(np.abs(d).max(initial=0)))
     return ErrorStats(ref, err, peak)

@@ -47,8 +47,7 @@ def dtype_name(dtype: np.dtype, *, path=None, tensor: str | None = None) -> str:
 def check_shape(shape: Any, *, path=None, tensor: str | None = None) -> tuple[int, ...]:
     """A shape as a tuple of non-negative ints whose element count stays under MAX_ELEMENTS."""
     if not isinstance(shape, (list, tuple)) or len(shape) > 64 or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ELEMENTS
-            for d in shape):
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise FormatError(f"invalid shape {shape!r}", path=path, tensor=tensor)
     if prod(shape) > MAX_ELEMENTS:
         raise FormatError(f"shape {list(shape)} declares more than 2**40 elements",
@@ -85,6 +84,16 @@ class TensorReader(Protocol):
     def close(self) -> None: ...
 
 
+class ClosingReader:
+    """Mixin: readers close their file (their own `close`) at the end of a `with` block."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 #: A writer takes the output path, a reader of the tensors to write and a callback for warnings
 #: about what the target format cannot carry over.
 TensorWriter = Callable[[Any, TensorReader, Callable[[str], None]], None]
@@ -105,4 +114,4 @@ def checked(array: np.ndarray, info: TensorInfo, *, path=None) -> np.ndarray:
     if tuple(array.shape) != info.shape:
         raise FormatError(f"data has shape {list(array.shape)}, header says {list(info.shape)}",
                           path=path, tensor=info.name)
-    return np.ascontiguousarray(array, dtype=DTYPES[info.dtype])
+    return np.asarray(array, dtype=DTYPES[info.dtype], order="C")  # keeps 0-d arrays 0-d

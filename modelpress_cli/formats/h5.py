@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from ..errors import FormatError
-from .base import TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+from .base import ClosingReader, TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
 
 
 def encode_attr(value: Any) -> dict | None:
@@ -56,7 +56,7 @@ def decode_attr(encoded: dict) -> Any:
     return array[()] if encoded.get("scalar") else array
 
 
-class H5Reader:
+class H5Reader(ClosingReader):
     """Walks the file once for groups, datasets and attributes; reads data on `read`."""
 
     format = "h5"
@@ -87,20 +87,25 @@ class H5Reader:
         groups: dict[str, dict] = {"/": self._attrs(self._file, "/")}
         infos: dict[str, TensorInfo] = {}
 
-        def visit(name: str, link) -> None:
-            if isinstance(link, h5py.ExternalLink):
-                raise FormatError(f"{name!r} is an external link to {link.filename!r}; "
-                                  "modelpress reads only data inside the file", path=self.path)
-            if isinstance(link, h5py.SoftLink):
-                raise FormatError(f"{name!r} is a soft link to {link.path!r}; modelpress copies "
-                                  "datasets, not links: replace it with the data", path=self.path)
-            obj = self._file[name]
-            if isinstance(obj, h5py.Group):
-                groups[name] = self._attrs(obj, name)
-            else:
-                infos[name] = self._describe(name, obj)
+        def walk(group: h5py.Group, prefix: str) -> None:
+            for key in group:  # creation order where the file tracks it, else by name
+                name, link = prefix + key, group.get(key, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    raise FormatError(f"{name!r} is an external link to {link.filename!r}; "
+                                      "modelpress reads only data inside the file",
+                                      path=self.path)
+                if isinstance(link, h5py.SoftLink):
+                    raise FormatError(f"{name!r} is a soft link to {link.path!r}; modelpress "
+                                      "copies datasets, not links: replace it with the data",
+                                      path=self.path)
+                obj = group[key]
+                if isinstance(obj, h5py.Group):
+                    groups[name] = self._attrs(obj, name)
+                    walk(obj, name + "/")
+                else:
+                    infos[name] = self._describe(name, obj)
 
-        self._file.visititems_links(visit)
+        walk(self._file, "")
         return {"groups": groups}, infos
 
     def _describe(self, name: str, ds: h5py.Dataset) -> TensorInfo:
@@ -134,10 +139,10 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
              warn: Callable[[str], None]) -> None:
     """Write groups (with attributes) first, then each dataset as it is read."""
     widened = widen_for_numpy(reader, ".h5", warn)
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", track_order=True) as f:
         groups = reader.metadata.get("groups", {}) if reader.format == "h5" else {}
         for name, attrs in groups.items():
-            group = f if name == "/" else f.require_group(name)
+            group = f if name == "/" else _ordered_group(f, name)
             for key, encoded in attrs.items():
                 group.attrs[key] = decode_attr(encoded)
         if reader.format == "safetensors":  # string metadata fits as root attributes
@@ -148,9 +153,23 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
             if info.name in widened:
                 array = array.astype(np.float32)
             try:
-                ds = f.create_dataset(info.name, data=array)
+                parent, _, leaf = info.name.rpartition("/")
+                ds = (_ordered_group(f, parent) if parent else f).create_dataset(leaf, data=array)
             except (ValueError, TypeError) as e:
                 raise FormatError(f"cannot be an HDF5 dataset name ({e})", path=path,
                                   tensor=info.name) from None
             for key, encoded in (info.attrs if reader.format == "h5" else {}).items():
                 ds.attrs[key] = decode_attr(encoded)
+
+
+def _ordered_group(f: h5py.File, path: str) -> h5py.Group:
+    """The group at `path`, created (with its parents) to list members in creation order.
+
+    HDF5 lists members alphabetically unless told otherwise; this keeps the source's order.
+    """
+    group = f
+    for part in path.split("/"):
+        if not part:
+            continue
+        group = group[part] if part in group else group.create_group(part, track_order=True)
+    return group

@@ -11,10 +11,10 @@ import numpy as np
 from numpy.lib import format as npy
 
 from ..errors import FormatError
-from .base import TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+from .base import ClosingReader, TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
 
 
-class NpzReader:
+class NpzReader(ClosingReader):
     """Reads each member's .npy header up front (shape, dtype); data only on `read`."""
 
     format = "npz"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import DTYPES, TensorInfo, TensorReader, check_shape, checked
+from .base import ClosingReader, DTYPES, TensorInfo, TensorReader, check_shape, checked
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
 ST_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
@@ -27,7 +27,7 @@ ST_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16":
 ST_CODES = {v: k for k, v in ST_NAMES.items()}
 
 
-class SafetensorsReader:
+class SafetensorsReader(ClosingReader):
     """Reads the header once; each `read` seeks to one tensor's bytes."""
 
     format = "safetensors"
@@ -89,7 +89,7 @@ class SafetensorsReader:
             ranges[name] = (data_start + offsets[0], offsets)
         # The byte ranges must tile the data section: no overlap, no hole, nothing after.
         end = 0
-        for _, (begin, stop) in sorted((r[1] for r in ranges.values()), key=tuple):
+        for begin, stop in sorted(tuple(r[1]) for r in ranges.values()):
             if begin != end:
                 raise FormatError("tensor data ranges overlap or leave a gap", path=self.path)
             end = stop
@@ -141,7 +141,7 @@ def _metadata_for_safetensors(reader: TensorReader, warn: Callable[[str], None])
     if reader.format == "safetensors":
         return dict(reader.metadata.get("__metadata__", {}))
     attributed = [i.name for i in reader.infos() if i.attrs]
-    groups = [g for g, a in reader.metadata.get("attrs", {}).items() if a]
+    groups = [g for g, a in reader.metadata.get("groups", {}).items() if a]
     if attributed or groups:
         warn(f".safetensors has no place for HDF5 attributes: those of {len(groups)} group(s) "
              f"and {len(attributed)} dataset(s) are not written (decompress to .h5 to keep them)")

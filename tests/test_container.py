@@ -1,0 +1,112 @@
+"""The .mpz container: honest sizes, independent tensors, damage detected and named."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import model, write_npz
+
+import modelpress_cli as mp
+from modelpress_cli.container import FOOTER, MpzReader
+from modelpress_cli.errors import FormatError, IntegrityError
+
+DATA = Path(__file__).parent / "data"
+
+
+def one_tensor(tmp_path, x, **options) -> tuple[Path, mp.report.Report]:
+    src = write_npz(tmp_path / "one.npz", {"w": x})
+    report = mp.compress(src, tmp_path / "one.mpz", **options)
+    return tmp_path / "one.mpz", report
+
+
+@pytest.mark.parametrize(("bits", "limit"), [(4, 0.52e6), (3, 0.39e6)])
+def test_a_million_weights_take_their_bits_plus_scales(tmp_path, bits, limit):
+    x = np.random.default_rng(0).normal(0, 0.02, (1000, 1000)).astype(np.float32)
+    path, report = one_tensor(tmp_path, x, bits=bits)
+    with MpzReader(path) as reader:
+        scales = reader.entries["w"].blocks["scales"].length
+    assert path.stat().st_size == report.output_bytes == report.to_json()["totals"][
+        "compressed_bytes"]
+    assert path.stat().st_size - scales <= limit
+    assert scales <= 1000 * 16 * 2  # 16 groups of 64 per row, float16 each, maybe zstd'd
+
+
+def test_identical_tensors_are_stored_once(tmp_path):
+    src = write_npz(tmp_path / "m.npz", model())
+    report = mp.compress(src, tmp_path / "m.mpz", bits=4)
+    rows = {r.name: r for r in report.rows}
+    assert rows["lm_head.weight"].compressed_bytes == 0
+    assert rows["lm_head.weight"].method == "tied to embed.weight"
+    loaded = mp.load(tmp_path / "m.mpz")
+    assert np.array_equal(loaded["lm_head.weight"], loaded["embed.weight"])
+
+
+def test_a_damaged_block_names_its_tensor_and_spares_the_others(tmp_path):
+    src = write_npz(tmp_path / "m.npz", model())
+    mp.compress(src, tmp_path / "m.mpz", bits=8)
+    with MpzReader(tmp_path / "m.mpz") as reader:
+        victim = reader.entries["layer0.kernel"].blocks["codes"]
+    data = bytearray((tmp_path / "m.mpz").read_bytes())
+    data[victim.offset + 10] ^= 0xFF
+    (tmp_path / "m.mpz").write_bytes(bytes(data))
+    with MpzReader(tmp_path / "m.mpz") as reader:
+        with pytest.raises(IntegrityError, match="checksum") as err:
+            reader.read("layer0.kernel")
+        assert "tensor 'layer0.kernel': block 'codes'" in str(err.value)
+        expected = model()["layer0.bias"]
+        assert np.array_equal(reader.read("layer0.bias"), expected)  # lossless, untouched
+
+
+def damaged(tmp_path: Path, change) -> Path:
+    src = write_npz(tmp_path / "m.npz", model())
+    mp.compress(src, tmp_path / "m.mpz")
+    path = tmp_path / "m.mpz"
+    path.write_bytes(change(path.read_bytes()))
+    return path
+
+
+def rewrite_index(data: bytes, edit) -> bytes:
+    """Change the index JSON and fix up the footer, as a crafted (not damaged) file would."""
+    offset, length, _, version, magic = FOOTER.unpack(data[-FOOTER.size:])
+    index = json.loads(data[offset:offset + length])
+    edit(index)
+    blob = json.dumps(index).encode()
+    return data[:offset] + blob + FOOTER.pack(offset, len(blob), zlib.crc32(blob), version, magic)
+
+
+@pytest.mark.parametrize(("change", "error", "message"), [
+    (lambda d: d[:-5], FormatError, "truncated"),
+    (lambda d: d[:20], FormatError, "truncated|too short"),
+    (lambda d: b"PK" + d[2:], FormatError, "not an .mpz file"),
+    (lambda d: d[:8] + struct.pack("<I", 9) + d[12:], FormatError,
+     "version 9; this modelpress reads up to version 1: upgrade"),
+    (lambda d: d[:-40] + bytes([d[-40] ^ 1]) + d[-39:], IntegrityError, "index checksum"),
+    (lambda d: rewrite_index(d, lambda i: i["tensors"][0]["blocks"]["planes"].update(
+        offset=10 ** 12)), FormatError, "outside the data section"),
+    (lambda d: rewrite_index(d, lambda i: i["tensors"][0].update(
+        stages=[{"id": "quantize.future"}])), FormatError, "unknown stage 'quantize.future'"),
+    (lambda d: rewrite_index(d, lambda i: i["tensors"][0].update(shape=[2 ** 41])),
+     FormatError, "more than 2\\*\\*40"),
+    (lambda d: rewrite_index(d, lambda i: i["tensors"].append(i["tensors"][0])),
+     FormatError, "repeated"),
+])
+def test_damaged_or_crafted_files_are_refused_before_decoding(tmp_path, change, error, message):
+    path = damaged(tmp_path, change)
+    with pytest.raises(error, match=message) as err:
+        MpzReader(path).close()
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_golden_v1_file_still_decodes_to_its_recorded_values():
+    """A file written by modelpress 0.1.0 (format 1): every future release must read it."""
+    expected = np.load(DATA / "v1_expected.npz")
+    loaded = mp.load(DATA / "v1_golden.mpz")
+    assert sorted(loaded) == sorted(expected.files)
+    for name in expected.files:
+        assert loaded[name].dtype == expected[name].dtype
+        assert loaded[name].tobytes() == expected[name].tobytes(), name

@@ -1,0 +1,227 @@
+"""The format spec is enough to write a reader: `independent_reader` (written from
+`docs/format.md` alone) must decode every tensor exactly as `modelpress_cli.load` does."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import h5py
+import independent_reader as ir
+import ml_dtypes
+import numpy as np
+import pytest
+
+import modelpress_cli as mp
+
+ROOT = Path(__file__).resolve().parent.parent
+RNG_SEED = 20240601
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(RNG_SEED)
+
+
+def _compress(tmp_path: Path, src: Path, **options) -> Path:
+    dst = tmp_path / "out.mpz"
+    mp.compress(src, dst, **options)
+    return dst
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    src = tmp_path / "src.npz"
+    np.savez(src, **arrays)
+    return src
+
+
+def _safetensors(tmp_path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> Path:
+    """Write a .safetensors file by hand: u64 header length, JSON header, raw bytes."""
+    header, chunks, pos = {}, [], 0
+    for name, (st_dtype, array) in tensors.items():
+        raw = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": st_dtype, "shape": list(array.shape),
+                        "data_offsets": [pos, pos + len(raw)]}
+        chunks.append(raw)
+        pos += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    src = tmp_path / "src.safetensors"
+    src.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
+    return src
+
+
+def _assert_reader_matches(dst: Path) -> dict[str, np.ndarray]:
+    """Every tensor: the independent reader gives the same dtype, shape and bytes as mp.load."""
+    expected = mp.load(dst)
+    names = ir.tensor_names(dst)
+    assert names == list(expected)
+    got = {}
+    for name in names:
+        a, b = ir.read_tensor(dst, name), expected[name]
+        assert a.dtype == b.dtype, name
+        assert a.shape == b.shape, name
+        assert a.tobytes() == b.tobytes(), name
+        got[name] = a
+    return got
+
+
+def _stage_ids(dst: Path) -> dict[str, list[str]]:
+    return {t["name"]: [s["id"] for s in t.get("stages", [])] for t in ir.read_index(dst)["tensors"]}
+
+
+def _weights(shape, dtype=np.float32) -> np.ndarray:
+    x = _rng().standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[::7] = 0.0  # exact zeros must stay zero
+    return x.astype(dtype)
+
+
+def test_lossless_dtypes(tmp_path):
+    rng = _rng()
+    src = _npz(
+        tmp_path,
+        f32=rng.standard_normal((33, 70)).astype(np.float32),
+        f16=rng.standard_normal((5, 9)).astype(np.float16),
+        f64=rng.standard_normal(17),
+        i64=rng.integers(-(2**62), 2**62, (4, 5, 6), dtype=np.int64),
+        u8=rng.integers(0, 256, 300, dtype=np.uint8),
+        flags=rng.random((10, 3)) < 0.3,
+        scalar=np.float32(3.5),
+        empty=np.zeros((0, 4), np.float32),
+    )
+    dst = _compress(tmp_path, src)
+    assert set(map(tuple, _stage_ids(dst).values())) == {("pack.byteplanes",)}
+    got = _assert_reader_matches(dst)
+    with np.load(src) as original:
+        for name in original.files:
+            assert got[name].tobytes() == original[name].tobytes()
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "affine"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 7, 8])
+def test_quantize_bits(tmp_path, bits, symmetric):
+    w = _weights((40, 130))
+    w[3] = 0.0  # an all-zero row: its groups have scale 0
+    w[5] = np.abs(w[5]) + 0.5  # a positive-only row (affine zero point 0)
+    src = _npz(tmp_path, w=w, h=_weights((24, 96), np.float16), d=_weights((8, 64), np.float64))
+    dst = _compress(tmp_path, src, bits=bits, symmetric=symmetric, group_size=64, min_elements=0)
+    assert set(map(tuple, _stage_ids(dst).values())) == {("quantize.uniform",)}
+    _assert_reader_matches(dst)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "affine"])
+@pytest.mark.parametrize("group_size", [32, 64, 100, "channel", "tensor"])
+def test_group_sizes(tmp_path, group_size, symmetric):
+    src = _npz(tmp_path, a=_weights((20, 250)), b=_weights((12, 256)), v=_weights(300))
+    dst = _compress(tmp_path, src, bits=4, group_size=group_size, symmetric=symmetric,
+                    min_elements=0, quantize_1d=True)
+    index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
+    assert index["a"]["stages"][0]["group_size"] == group_size
+    assert "v" in index and index["v"]["stages"][0]["id"] == "quantize.uniform"
+    _assert_reader_matches(dst)
+
+
+@pytest.mark.parametrize("group_size", [32, "channel", "tensor"])
+def test_3d_and_4d(tmp_path, group_size):
+    src = _npz(tmp_path, t3=_weights((4, 6, 50)), t4=_weights((8, 3, 5, 5)))
+    for symmetric in (True, False):
+        dst = _compress(tmp_path, src, bits=3, group_size=group_size, symmetric=symmetric,
+                        min_elements=0)
+        assert _stage_ids(dst) == {"t3": ["quantize.uniform"], "t4": ["quantize.uniform"]}
+        _assert_reader_matches(dst)
+        dst.unlink()
+
+
+@pytest.mark.parametrize("bits", [None, 4, 8])
+@pytest.mark.parametrize(("prune", "selector"), [(0.5, "mask"), (0.97, "gaps")])
+def test_prune(tmp_path, prune, selector, bits):
+    src = _npz(tmp_path, w=_weights((64, 200)), h=_weights((32, 130), np.float16))
+    dst = _compress(tmp_path, src, bits=bits, prune=prune, symmetric=bits != 8, min_elements=0)
+    for entry in ir.read_index(dst)["tensors"]:
+        ids = [s["id"] for s in entry["stages"]]
+        if bits is None:
+            assert ids == ["prune.magnitude", "pack.sparse", "pack.byteplanes"]
+            assert set(entry["blocks"]) == {"planes", selector}
+        else:
+            assert ids == ["prune.magnitude", "quantize.uniform", "pack.sparse"]
+            assert selector in entry["blocks"]
+    got = _assert_reader_matches(dst)
+    assert np.mean(got["w"] == 0) >= prune
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_bits16(tmp_path, half):
+    src = _npz(tmp_path, w=_weights((30, 70)), d=_weights((9, 9), np.float64))
+    dst = _compress(tmp_path, src, bits=16, half=half, min_elements=0)
+    index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
+    assert index["w"]["stages"] == [{"id": "quantize.half", "to": half},
+                                    {"id": "pack.byteplanes", "dtype": half}]
+    got = _assert_reader_matches(dst)
+    assert got["w"].dtype == np.float32
+    assert np.array_equal(got["w"], _weights((30, 70)).astype(half).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [None, 4, 16])
+def test_bfloat16_source(tmp_path, bits):
+    w = _weights((16, 80)).astype(ml_dtypes.bfloat16)
+    src = _safetensors(tmp_path, {"w": ("BF16", w), "b": ("BF16", w[0].copy())})
+    dst = _compress(tmp_path, src, bits=bits, half="bfloat16", min_elements=0)
+    assert {t["dtype"] for t in ir.read_index(dst)["tensors"]} == {"bfloat16"}
+    got = _assert_reader_matches(dst)
+    assert got["w"].dtype == ml_dtypes.bfloat16
+    if bits != 4:
+        assert got["w"].tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_tied_tensor(tmp_path, bits):
+    w = _weights((32, 64))
+    src = _npz(tmp_path, emb=w, other=_weights(10), head=w.copy())
+    dst = _compress(tmp_path, src, bits=bits, min_elements=0)
+    head = next(t for t in ir.read_index(dst)["tensors"] if t["name"] == "head")
+    assert head.get("same_as") == "emb"
+    got = _assert_reader_matches(dst)
+    assert got["head"].tobytes() == got["emb"].tobytes()
+
+
+def test_h5_sample_within_half_step(tmp_path):
+    src = ROOT / "sample_models" / "digits_mlp.h5"
+    dst = _compress(tmp_path, src, bits=4, min_elements=0, quantize_1d=True)
+    got = _assert_reader_matches(dst)
+    with h5py.File(src, "r") as f:
+        for entry in ir.read_index(dst)["tensors"]:
+            name = entry["name"]
+            original = f[name][()]
+            (stage,) = entry["stages"]
+            assert stage["id"] == "quantize.uniform" and stage["bits"] == 4
+            g = stage["group_size"]
+            scales = ir.read_blocks(dst, name)["scales"].astype(np.float32)
+            if original.ndim == 1:
+                steps = np.repeat(scales[0], g)[: original.size]
+            else:
+                steps = np.repeat(scales, g, axis=1)[:, : original.shape[1]]
+            err = np.abs(got[name].astype(np.float64) - original.astype(np.float64))
+            assert np.all(err <= steps / 2 * (1 + 1e-6)), name
+
+
+def test_reader_rejects_damaged_files(tmp_path):
+    dst = _compress(tmp_path, _npz(tmp_path, w=_weights((16, 64))), bits=4, min_elements=0)
+    good = dst.read_bytes()
+    bad = tmp_path / "bad.mpz"
+
+    bad.write_bytes(good[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        ir.tensor_names(bad)
+
+    entry = ir.read_index(dst)["tensors"][0]
+    off = entry["blocks"]["codes"]["offset"]
+    bad.write_bytes(good[:off] + bytes([good[off] ^ 1]) + good[off + 1 :])
+    with pytest.raises(ValueError, match="CRC"):
+        ir.read_tensor(bad, "w")
+
+    newer = bytearray(good)
+    newer[8:12] = struct.pack("<I", 2)
+    newer[-12:-8] = struct.pack("<I", 2)
+    bad.write_bytes(bytes(newer))
+    with pytest.raises(ValueError, match="version 2"):
+        ir.read_index(bad)

@@ -1,0 +1,137 @@
+"""Stages: each round-trips, keeps its error promise and is found again from its JSON config."""
+
+from __future__ import annotations
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from modelpress_cli.errors import FormatError
+from modelpress_cli.formats.base import DTYPES, TensorInfo
+from modelpress_cli.pipeline import decode, encode
+from modelpress_cli.stages import (
+    REGISTRY,
+    BytePlanes,
+    HalfCast,
+    MagnitudePrune,
+    SparsePack,
+    UniformQuantize,
+    stage_from_config,
+)
+
+EXAMPLES = [MagnitudePrune(0.5), UniformQuantize(4, 32, False), UniformQuantize(8, "channel"),
+            HalfCast("bfloat16"), SparsePack("values"), BytePlanes("float16")]
+
+
+def float_tensors(max_dims: int = 4):
+    return hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=max_dims, max_side=40),
+                      elements=st.floats(-100, 100, width=32))
+
+
+def round_trip(x: np.ndarray, stages) -> np.ndarray:
+    info = TensorInfo("t", x.shape, next(k for k, v in DTYPES.items() if v == x.dtype))
+    return decode(encode(x, stages), stages, info)
+
+
+def per_element_scale(scales: np.ndarray, shape, group_size) -> np.ndarray:
+    """The scale docs/format.md assigns to each element, computed independently."""
+    if group_size == "tensor":
+        return np.full(shape, scales.item())
+    if group_size == "channel":
+        return np.broadcast_to(scales.reshape((shape[0],) + (1,) * (len(shape) - 1)), shape)
+    cols = np.arange(shape[-1]) // group_size
+    return scales.reshape(shape[:-1] + (-1,))[..., cols]
+
+
+@given(x=float_tensors(), bits=st.integers(2, 8), symmetric=st.booleans(),
+       group_size=st.sampled_from([1, 3, 32, 64, "channel", "tensor"]))
+def test_every_quantized_value_is_within_half_a_step(x, bits, symmetric, group_size):
+    stage = UniformQuantize(bits, group_size, symmetric)
+    parts = stage.encode({"values": x})
+    y = round_trip(x, [stage])
+    step = per_element_scale(parts["scales"].astype(np.float32), x.shape, group_size)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert np.all(np.abs(y - x) <= step / 2 * (1 + 1e-3) + 1e-6 * np.abs(x))
+    assert parts["codes"].max(initial=0) < 2 ** bits
+    assert np.all(y[x == 0] == 0)  # zero is exact in both schemes
+
+
+@given(x=float_tensors(), sparsity=st.floats(0.0, 0.95))
+def test_prune_zeroes_exactly_the_smallest_weights(x, sparsity):
+    stage = MagnitudePrune(sparsity)
+    y = stage.decode(stage.encode({"values": x}), x.shape, x.dtype)["values"]
+    pruned = (y == 0) & (x != 0)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert np.count_nonzero(y == 0) >= round(sparsity * x.size)
+    assert np.array_equal(y[~pruned], x[~pruned])  # survivors are bit-exact
+    if pruned.any() and (~pruned).any():
+        assert np.abs(x[pruned]).max() <= np.abs(x[~pruned & (x != 0)]).min(initial=np.inf)
+
+
+@pytest.mark.parametrize(("sparsity", "layout"), [(0.5, "mask"), (0.97, "gaps")])
+def test_sparse_picks_the_smaller_layout_and_restores_zeros(sparsity, layout):
+    x = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)
+    stages = [MagnitudePrune(sparsity), UniformQuantize(4), SparsePack("codes")]
+    blocks = encode(x, stages)
+    assert layout in blocks and ({"mask", "gaps"} - {layout}).isdisjoint(blocks)
+    y = round_trip(x, stages)
+    assert np.count_nonzero(y) <= round((1 - sparsity) * x.size)
+    assert np.all(y[np.abs(x) < np.quantile(np.abs(x), sparsity) * 0.999] == 0)
+
+
+def test_sparse_gaps_handle_long_runs_of_zeros():
+    x = np.zeros(200_000, dtype=np.float32)
+    x[[0, 70_000, 199_999]] = [1.5, -2.0, 3.0]
+    stage = SparsePack("values")
+    parts = stage.encode({"values": x})
+    assert parts["gaps"].dtype == np.uint32 and parts["gaps"].tolist() == [0, 69_999, 129_998]
+    assert np.array_equal(stage.decode(parts, x.shape, x.dtype)["values"], x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64", "int64", "bool"])
+def test_byteplanes_are_bit_exact_including_nan_and_negative_zero(dtype):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 7)).astype(np.float64)
+    if dtype not in ("int64", "bool"):
+        x[0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+    x = (x > 0) if dtype == "bool" else x.astype(DTYPES[dtype])
+    y = round_trip(x, [BytePlanes(dtype)])
+    assert y.dtype == x.dtype and y.tobytes() == x.tobytes()
+
+
+def test_half_cast_rounds_to_the_nearest_half_value():
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    for half in ("float16", "bfloat16"):
+        y = round_trip(x, [HalfCast(half), BytePlanes(half)])
+        assert y.dtype == np.float32
+        assert np.array_equal(y, x.astype(DTYPES[half]).astype(np.float32))
+    assert DTYPES["bfloat16"] == np.dtype(ml_dtypes.bfloat16)
+
+
+def test_every_registered_stage_has_an_example_here():
+    assert {type(s).stage_id for s in EXAMPLES} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("stage", EXAMPLES, ids=lambda s: s.stage_id)
+def test_config_is_json_and_rebuilds_the_same_stage(stage):
+    config = json.loads(json.dumps(stage.get_config()))
+    assert config["id"] == stage.stage_id
+    assert stage_from_config(config) == stage
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"id": "quantize.magic"}, "unknown stage 'quantize.magic'"),
+    ({"id": "quantize.uniform", "bits": 9}, "bits must be 2 to 8"),
+    ({"id": "quantize.uniform", "bits": 4, "group_size": 0}, "group size"),
+    ({"id": "prune.magnitude", "sparsity": 1.5}, "sparsity must be in"),
+    ({"id": "prune.magnitude"}, "bad parameters"),
+    ({"bits": 4}, "has no id"),
+])
+def test_bad_stage_configs_are_format_errors(config, message):
+    with pytest.raises(FormatError, match=message):
+        stage_from_config(config)
