@@ -202,9 +202,13 @@ class MpzReader(ClosingReader):
             raise FormatError(f"written in .mpz version {version}; this modelpress reads up to "
                               f"version {VERSION}: upgrade modelpress")
         self._file.seek(size - FOOTER.size)
-        offset, length, crc, _, end_magic = FOOTER.unpack(self._file.read(FOOTER.size))
+        offset, length, crc, end_version, end_magic = FOOTER.unpack(
+            self._file.read(FOOTER.size))
         if end_magic != MAGIC:
             raise FormatError("footer magic missing: the file is truncated")
+        if end_version != version:
+            raise FormatError(f"header says version {version}, footer {end_version}: the file "
+                              "is damaged")
         if not (HEADER.size <= offset and length <= MAX_INDEX_BYTES
                 and offset + length <= size - FOOTER.size):
             raise FormatError(f"index at {offset}+{length} lies outside the file")
@@ -218,8 +222,8 @@ class MpzReader(ClosingReader):
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise FormatError(f"index is not valid JSON ({e})") from None
         if not isinstance(index, dict) or not isinstance(index.get("tensors"), list) \
-                or not isinstance(index.get("source"), dict):
-            raise FormatError("index lacks its tensors list or source record")
+                or not isinstance(index.get("source"), dict) or index.get("version") != version:
+            raise FormatError("index lacks its version, tensors list or source record")
         return index
 
     def _parse_entries(self) -> dict[str, Entry]:

@@ -40,8 +40,11 @@ def _safetensors(tmp_path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> 
     header, chunks, pos = {}, [], 0
     for name, (st_dtype, array) in tensors.items():
         raw = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": st_dtype, "shape": list(array.shape),
-                        "data_offsets": [pos, pos + len(raw)]}
+        header[name] = {
+            "dtype": st_dtype,
+            "shape": list(array.shape),
+            "data_offsets": [pos, pos + len(raw)],
+        }
         chunks.append(raw)
         pos += len(raw)
     text = json.dumps(header).encode()
@@ -67,16 +70,21 @@ def _assert_reader_matches(dst: Path) -> dict[str, np.ndarray]:
 
 
 def _stage_ids(dst: Path) -> dict[str, list[str]]:
-    return {t["name"]: [s["id"] for s in t.get("stages", [])] for t in ir.read_index(dst)["tensors"]}
+    """Stage ids (encode order) of every tensor, read from the index by the reader."""
+    return {
+        t["name"]: [s["id"] for s in t.get("stages", [])] for t in ir.read_index(dst)["tensors"]
+    }
 
 
 def _weights(shape, dtype=np.float32) -> np.ndarray:
+    """Deterministic Gaussian weights with every 7th value exactly zero."""
     x = _rng().standard_normal(shape).astype(np.float32)
     x.reshape(-1)[::7] = 0.0  # exact zeros must stay zero
     return x.astype(dtype)
 
 
 def test_lossless_dtypes(tmp_path):
+    """Default options: every dtype goes through pack.byteplanes, bit-exact."""
     rng = _rng()
     src = _npz(
         tmp_path,
@@ -100,6 +108,7 @@ def test_lossless_dtypes(tmp_path):
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "affine"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 7, 8])
 def test_quantize_bits(tmp_path, bits, symmetric):
+    """Codes of every width (8 = stored without `bits`), float32/16/64 tensors."""
     w = _weights((40, 130))
     w[3] = 0.0  # an all-zero row: its groups have scale 0
     w[5] = np.abs(w[5]) + 0.5  # a positive-only row (affine zero point 0)
@@ -112,9 +121,17 @@ def test_quantize_bits(tmp_path, bits, symmetric):
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "affine"])
 @pytest.mark.parametrize("group_size", [32, 64, 100, "channel", "tensor"])
 def test_group_sizes(tmp_path, group_size, symmetric):
+    """Groups dividing the last axis (256) or not (250), and a 1-D tensor."""
     src = _npz(tmp_path, a=_weights((20, 250)), b=_weights((12, 256)), v=_weights(300))
-    dst = _compress(tmp_path, src, bits=4, group_size=group_size, symmetric=symmetric,
-                    min_elements=0, quantize_1d=True)
+    dst = _compress(
+        tmp_path,
+        src,
+        bits=4,
+        group_size=group_size,
+        symmetric=symmetric,
+        min_elements=0,
+        quantize_1d=True,
+    )
     index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
     assert index["a"]["stages"][0]["group_size"] == group_size
     assert "v" in index and index["v"]["stages"][0]["id"] == "quantize.uniform"
@@ -123,10 +140,12 @@ def test_group_sizes(tmp_path, group_size, symmetric):
 
 @pytest.mark.parametrize("group_size", [32, "channel", "tensor"])
 def test_3d_and_4d(tmp_path, group_size):
+    """The 2-D view of higher-rank tensors: rows/cols per group_size kind."""
     src = _npz(tmp_path, t3=_weights((4, 6, 50)), t4=_weights((8, 3, 5, 5)))
     for symmetric in (True, False):
-        dst = _compress(tmp_path, src, bits=3, group_size=group_size, symmetric=symmetric,
-                        min_elements=0)
+        dst = _compress(
+            tmp_path, src, bits=3, group_size=group_size, symmetric=symmetric, min_elements=0
+        )
         assert _stage_ids(dst) == {"t3": ["quantize.uniform"], "t4": ["quantize.uniform"]}
         _assert_reader_matches(dst)
         dst.unlink()
@@ -135,6 +154,7 @@ def test_3d_and_4d(tmp_path, group_size):
 @pytest.mark.parametrize("bits", [None, 4, 8])
 @pytest.mark.parametrize(("prune", "selector"), [(0.5, "mask"), (0.97, "gaps")])
 def test_prune(tmp_path, prune, selector, bits):
+    """pack.sparse over values (prune alone) or codes, with a mask (0.5) or gaps (0.97)."""
     src = _npz(tmp_path, w=_weights((64, 200)), h=_weights((32, 130), np.float16))
     dst = _compress(tmp_path, src, bits=bits, prune=prune, symmetric=bits != 8, min_elements=0)
     for entry in ir.read_index(dst)["tensors"]:
@@ -151,11 +171,14 @@ def test_prune(tmp_path, prune, selector, bits):
 
 @pytest.mark.parametrize("half", ["float16", "bfloat16"])
 def test_bits16(tmp_path, half):
+    """quantize.half + pack.byteplanes, decoded back to the tensor's float32/float64."""
     src = _npz(tmp_path, w=_weights((30, 70)), d=_weights((9, 9), np.float64))
     dst = _compress(tmp_path, src, bits=16, half=half, min_elements=0)
     index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
-    assert index["w"]["stages"] == [{"id": "quantize.half", "to": half},
-                                    {"id": "pack.byteplanes", "dtype": half}]
+    assert index["w"]["stages"] == [
+        {"id": "quantize.half", "to": half},
+        {"id": "pack.byteplanes", "dtype": half},
+    ]
     got = _assert_reader_matches(dst)
     assert got["w"].dtype == np.float32
     assert np.array_equal(got["w"], _weights((30, 70)).astype(half).astype(np.float32))
@@ -163,6 +186,7 @@ def test_bits16(tmp_path, half):
 
 @pytest.mark.parametrize("bits", [None, 4, 16])
 def test_bfloat16_source(tmp_path, bits):
+    """A BF16 safetensors tensor: lossless, quantized and --bits 16 all decode alike."""
     w = _weights((16, 80)).astype(ml_dtypes.bfloat16)
     src = _safetensors(tmp_path, {"w": ("BF16", w), "b": ("BF16", w[0].copy())})
     dst = _compress(tmp_path, src, bits=bits, half="bfloat16", min_elements=0)
@@ -175,6 +199,7 @@ def test_bfloat16_source(tmp_path, bits):
 
 @pytest.mark.parametrize("bits", [None, 4])
 def test_tied_tensor(tmp_path, bits):
+    """A duplicate tensor is stored as same_as and the reader follows it."""
     w = _weights((32, 64))
     src = _npz(tmp_path, emb=w, other=_weights(10), head=w.copy())
     dst = _compress(tmp_path, src, bits=bits, min_elements=0)
@@ -185,6 +210,7 @@ def test_tied_tensor(tmp_path, bits):
 
 
 def test_h5_sample_within_half_step(tmp_path):
+    """The trained sample at 4 bits: exact vs mp.load, and within s/2 of the original."""
     src = ROOT / "sample_models" / "digits_mlp.h5"
     dst = _compress(tmp_path, src, bits=4, min_elements=0, quantize_1d=True)
     got = _assert_reader_matches(dst)
@@ -205,6 +231,7 @@ def test_h5_sample_within_half_step(tmp_path):
 
 
 def test_reader_rejects_damaged_files(tmp_path):
+    """Spec checks: footer magic (truncation), block CRC, newer version named."""
     dst = _compress(tmp_path, _npz(tmp_path, w=_weights((16, 64))), bits=4, min_elements=0)
     good = dst.read_bytes()
     bad = tmp_path / "bad.mpz"

@@ -1,0 +1,141 @@
+"""The command line: exit codes, one-line errors, JSON report, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import model, write_npz
+
+from modelpress_cli.cli import cli
+
+REPORT_KEYS = {"name", "shape", "dtype", "method", "bits", "sparsity", "original_bytes",
+               "compressed_bytes", "bits_per_weight", "rel_error", "sqnr_db", "max_abs_error"}
+TOTAL_KEYS = {"tensors", "params", "original_bytes", "compressed_bytes", "ratio",
+              "bits_per_weight", "rel_error", "sqnr_db", "seconds"}
+
+
+def test_compress_prints_a_table_and_writes_the_json_report(runner, tiny_model, tmp_path):
+    out, js = tmp_path / "m.mpz", tmp_path / "r.json"
+    result = runner.invoke(cli, ["compress", str(tiny_model), str(out), "--bits", "4",
+                                 "--report-json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "layer0.kernel" in result.stdout and "q4 g64 sym" in result.stdout
+    assert "bits per weight" in result.stdout and result.stderr == ""
+    report = json.loads(js.read_text())
+    assert set(report) >= {"input", "output", "totals", "tensors"}
+    assert set(report["totals"]) >= TOTAL_KEYS
+    assert report["totals"]["compressed_bytes"] == out.stat().st_size
+    assert report["totals"]["tensors"] == len(model()) == len(report["tensors"])
+    rows = {r["name"].rsplit("/", 1)[-1]: r for r in report["tensors"]}
+    assert all(set(r) >= REPORT_KEYS for r in rows.values())
+    kernel = rows["layer0.kernel"]
+    assert kernel["method"] == "q4 g64 sym" and kernel["bits"] == 4
+    assert 3.5 < kernel["bits_per_weight"] <= 4.25 and 15 < kernel["sqnr_db"] < 25  # 4 + scales
+    assert rows["layer0.bias"]["method"] == "lossless" and rows["layer0.bias"]["sqnr_db"] is None
+    assert 0 < report["totals"]["rel_error"] < 0.2
+
+
+def test_report_json_to_stdout_is_pure_json(runner, tiny_npz, tmp_path):
+    result = runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz"), "--bits",
+                                 "8", "--prune", "0.5", "--report-json", "-"])
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    kernel = next(r for r in report["tensors"] if r["name"] == "layer0.kernel")
+    assert kernel["method"] == "prune 50% + q8 g64 sym + sparse"
+    assert kernel["sparsity"] >= 0.5
+
+
+def test_quiet_prints_nothing(runner, tiny_npz, tmp_path):
+    result = runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz"), "-q"])
+    assert result.exit_code == 0 and result.output == ""
+    result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"),
+                                 str(tmp_path / "o.npz"), "--quiet"])
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_inspect_shows_tensors_stages_and_source(runner, tiny_h5, tmp_path):
+    runner.invoke(cli, ["compress", str(tiny_h5), str(tmp_path / "m.mpz"), "--bits", "3",
+                        "--affine"])
+    result = runner.invoke(cli, ["inspect", str(tmp_path / "m.mpz")])
+    assert result.exit_code == 0
+    assert "from tiny.h5 (h5" in result.stdout and "q3 g64 affine" in result.stdout
+    facts = json.loads(runner.invoke(cli, ["inspect", str(tmp_path / "m.mpz"), "--json"]).stdout)
+    assert facts["bytes"] == (tmp_path / "m.mpz").stat().st_size
+    kernel = next(t for t in facts["tensors"] if t["name"].endswith("layer0.kernel"))
+    assert kernel["stages"] == [{"id": "quantize.uniform", "bits": 3, "group_size": 64,
+                                 "symmetric": False}]
+    assert facts["source"]["format"] == "h5" and facts["metadata_keys"] == ["groups"]
+
+
+def test_an_existing_output_is_kept_without_force(runner, tiny_npz, tmp_path):
+    dst = tmp_path / "out.mpz"
+    dst.write_bytes(b"keep me")
+    result = runner.invoke(cli, ["compress", str(tiny_npz), str(dst)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {dst}: already exists (pass --force to overwrite)\n"
+    assert dst.read_bytes() == b"keep me"
+    assert runner.invoke(cli, ["compress", str(tiny_npz), str(dst), "--force"]).exit_code == 0
+    assert dst.read_bytes()[:4] == b"\x89MPZ"
+
+
+def test_truncated_input_fails_in_one_line_and_keeps_the_old_output(tmp_path, tiny_model,
+                                                                     runner):
+    src, dst = tmp_path / f"cut{tiny_model.suffix}", tmp_path / "out.mpz"
+    src.write_bytes(tiny_model.read_bytes()[:-7])
+    dst.write_bytes(b"keep me")
+    result = runner.invoke(cli, ["compress", str(src), str(dst), "--force"])
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {src}: ")
+    assert result.stderr.count("\n") == 1 and dst.read_bytes() == b"keep me"
+    assert set(tmp_path.iterdir()) == {src, dst}  # no temp file left (tiny_model is elsewhere)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["compress", "{src}", "{tmp}/m.mpz", "--bits", "9"], 2, "must be 2 to 8, or 16"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--bits", "1"], 2, "--bits"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--prune", "1"], 2, "--prune"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--group-size", "big"], 2, "not a number"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--bits", "4", "--group-size", "0"], 1,
+     "group size must be"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--bf16"], 2, "only applies with --bits 16"),
+    (["compress", "{src}", "{tmp}/m.txt"], 0, ""),  # any name works for the .mpz output
+    (["compress", "{tmp}/missing.h5", "{tmp}/m.mpz"], 1, "missing.h5: no such file"),
+    (["compress", "{tmp}/m.pt", "{tmp}/m.mpz"], 1, "unknown extension '.pt'"),
+    (["compress", "{src}", "{tmp}/no/such/dir/m.mpz"], 1, "output folder does not exist"),
+    (["compress", "{src}", "{src}", "--force"], 1, "the output is the input"),
+    (["decompress", "{src}", "{tmp}/o.npz"], 1, "not an .mpz file"),
+    (["decompress", "{tmp}/m.mpz", "{tmp}/o.onnx"], 1, "unknown extension '.onnx'"),
+])
+def test_bad_usage_and_bad_input_get_one_clear_line(runner, tiny_npz, tmp_path, args, code,
+                                                    message):
+    (tmp_path / "m.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickle: never opened
+    (tmp_path / "m.mpz").write_bytes(b"")
+    argv = [a.format(src=tiny_npz, tmp=tmp_path) for a in args]
+    if args[0] == "decompress" and args[1] == "{tmp}/m.mpz":
+        runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz"), "--force"])
+    result = runner.invoke(cli, argv)
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    if code == 1:
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+
+
+def test_python_m_and_console_script_run_the_same_command(tmp_path):
+    src = write_npz(tmp_path / "m.npz", model())
+    done = subprocess.run([sys.executable, "-m", "modelpress_cli", "compress", str(src),
+                           str(tmp_path / "m.mpz"), "--bits", "8", "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    done = subprocess.run([sys.executable, "-m", "modelpress_cli", "decompress",
+                           str(tmp_path / "nope.mpz"), str(tmp_path / "o.npz")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("nope.mpz: cannot open: No such file or directory")
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "inspect"])
+def test_every_command_has_help_with_exit_codes(runner, command):
+    result = runner.invoke(cli, [command, "--help"])
+    assert result.exit_code == 0 and "Exit status: 0 done, 1 failure" in result.stdout
