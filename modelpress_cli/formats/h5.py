@@ -17,7 +17,15 @@ import h5py
 import numpy as np
 
 from ..errors import FormatError
-from .base import ClosingReader, TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+from .base import (
+    ClosingReader,
+    TensorInfo,
+    TensorReader,
+    check_shape,
+    checked,
+    dtype_name,
+    widen_for_numpy,
+)
 
 
 def encode_attr(value: Any) -> dict | None:

@@ -11,7 +11,15 @@ import numpy as np
 from numpy.lib import format as npy
 
 from ..errors import FormatError
-from .base import ClosingReader, TensorInfo, TensorReader, check_shape, checked, dtype_name, widen_for_numpy
+from .base import (
+    ClosingReader,
+    TensorInfo,
+    TensorReader,
+    check_shape,
+    checked,
+    dtype_name,
+    widen_for_numpy,
+)
 
 
 class NpzReader(ClosingReader):

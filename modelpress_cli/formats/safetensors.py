@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import ClosingReader, DTYPES, TensorInfo, TensorReader, check_shape, checked
+from .base import DTYPES, ClosingReader, TensorInfo, TensorReader, check_shape, checked
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
 ST_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",

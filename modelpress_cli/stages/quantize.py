@@ -43,9 +43,9 @@ def as_rows(shape: tuple[int, ...], group_size: int | str) -> tuple[tuple[int, i
 
 
 def round_up_float16(scale: np.ndarray) -> np.ndarray:
-    """float16 scales no smaller than `scale`, so that no code overflows its range."""
+    """float16 scales no smaller than `scale` (float64: no underflow to 0), so no code clips."""
     s16 = scale.astype(np.float16)
-    low = s16.astype(np.float32) < scale
+    low = s16.astype(np.float64) < scale
     s16[low] = np.nextafter(s16[low], np.float16(np.inf))
     return s16
 
@@ -84,11 +84,11 @@ class UniformQuantize(Stage):
         levels = (1 << self.bits) - 1
         if self.symmetric:
             half = (1 << (self.bits - 1)) - 1
-            scale = round_up_float16(np.abs(g).max(axis=2) / half)
+            scale = round_up_float16(np.abs(g).max(axis=2).astype(np.float64) / half)
             low, high = np.full(scale.shape, -half), np.full(scale.shape, half)
         else:
             lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)
-            scale = round_up_float16((hi - lo) / levels)
+            scale = round_up_float16((hi.astype(np.float64) - lo) / levels)
             safe = np.where(scale > 0, scale.astype(np.float32), 1)
             zero = np.clip(np.rint(-lo / safe), 0, levels).astype(np.uint8)
             low, high = -zero.astype(np.int16), levels - zero.astype(np.int16)
