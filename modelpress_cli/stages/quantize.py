@@ -85,16 +85,20 @@ class UniformQuantize(Stage):
         if self.symmetric:
             half = (1 << (self.bits - 1)) - 1
             scale = round_up_float16(np.abs(g).max(axis=2).astype(np.float64) / half)
-            low, high = np.full(scale.shape, -half), np.full(scale.shape, half)
+            low, high = np.float32(-half), np.float32(half)
         else:
             lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)
             scale = round_up_float16((hi.astype(np.float64) - lo) / levels)
             safe = np.where(scale > 0, scale.astype(np.float32), 1)
             zero = np.clip(np.rint(-lo / safe), 0, levels).astype(np.uint8)
-            low, high = -zero.astype(np.int16), levels - zero.astype(np.int16)
-        safe = np.where(scale > 0, scale.astype(np.float32), 1)[..., None]
-        v = np.clip(np.rint(g / safe), low[..., None], high[..., None]).astype(np.int16)
-        codes = (v & levels).astype(np.uint8).reshape(rows, -1)[:, :cols].reshape(x.shape)
+            low = -zero.astype(np.float32)[..., None]
+            high = levels + low
+        v = g / np.where(scale > 0, scale.astype(np.float32), 1)[..., None]
+        np.rint(v, out=v)
+        np.maximum(v, low, out=v)  # in place: np.clip with broadcast bounds is several times slower
+        np.minimum(v, high, out=v)
+        codes = (v.astype(np.int16) & levels).astype(np.uint8)
+        codes = codes.reshape(rows, -1)[:, :cols].reshape(x.shape)
         out = {"codes": codes, "scales": scale}
         if not self.symmetric:
             out["zeros"] = zero
