@@ -10,7 +10,7 @@ The API the command line is a thin layer over::
 
 __version__ = "0.1.0"
 
-from .api import compress, decompress, inspect, load  # noqa: E402
+from .api import compress, decompress, inspect, load, verify  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
     FormatError,
@@ -21,4 +21,5 @@ from .errors import (  # noqa: E402
 from .pipeline import Options  # noqa: E402
 
 __all__ = ["ConfigError", "FormatError", "IntegrityError", "ModelpressError", "Options",
-           "OutputExistsError", "__version__", "compress", "decompress", "inspect", "load"]
+           "OutputExistsError", "__version__", "compress", "decompress", "inspect", "load",
+           "verify"]

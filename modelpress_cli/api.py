@@ -15,7 +15,7 @@ from .atomic import atomic_output
 from .container import MpzReader, MpzWriter
 from .errors import ConfigError, ModelpressError
 from .formats import FORMAT_NAMES, TensorReader, open_reader, writer_for
-from .pipeline import ErrorStats, Options, decode, encode, measure, plan
+from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .report import Report, TensorRow
 
 
@@ -65,10 +65,11 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) ->
                 writer.add_alias(info, twin.name)
                 rows.append(TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}",
                                       twin.bits, twin.sparsity, info.n_bytes, 0, info.size,
-                                      twin.errors))
+                                      twin.errors, None, twin.non_finite))
                 continue
             try:
-                stages, note = plan(info, x, opts)
+                non_finite = count_non_finite(x)
+                stages, note = plan(info, x, opts, non_finite)
                 blocks = encode(x, stages)
                 y = decode(blocks, stages, info)
                 lossy = any(s.stage_id != "pack.byteplanes" for s in stages)
@@ -80,7 +81,7 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) ->
             row = TensorRow(info.name, info.shape, info.dtype, _method(stages), _bits(stages, x),
                             _zero_fraction(y), info.n_bytes,
                             sum(block.length for block, _ in blocks.values()), info.size,
-                            errors, note)
+                            errors, note, non_finite)
             rows.append(row)
             seen[digest] = row
         writer.close()
@@ -139,6 +140,35 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *,
                             n_bytes, time.perf_counter() - started, warnings)
 
 
+@dataclass
+class VerifyResult:
+    """What `verify` checked."""
+
+    file: str
+    tensors: int
+    blocks: int
+    bytes: int
+    seconds: float
+
+
+def verify(path: str | os.PathLike) -> VerifyResult:
+    """Check a whole .mpz without writing anything; raise the first problem found.
+
+    The footer, index checksum and structure are checked on open; then every block's checksum
+    and declared size, and every tensor's decode to its declared shape and dtype.
+    """
+    path = Path(path)
+    started = time.perf_counter()
+    blocks = 0
+    with MpzReader(path) as reader:
+        for name, entry in reader.entries.items():
+            if entry.same_as is None:
+                reader.read(name)
+                blocks += len(entry.blocks)
+    return VerifyResult(str(path), len(reader.entries), blocks, path.stat().st_size,
+                        time.perf_counter() - started)
+
+
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """The index of an .mpz file: file facts and, per tensor, its stages and stored bytes."""
     path = Path(path)
@@ -180,4 +210,5 @@ def _open(path: Path) -> TensorReader:
     return open_reader(path)
 
 
-__all__ = ["DecompressResult", "ErrorStats", "compress", "decompress", "inspect", "load"]
+__all__ = ["DecompressResult", "ErrorStats", "VerifyResult", "compress", "decompress",
+           "inspect", "load", "verify"]

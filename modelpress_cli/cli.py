@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -160,8 +161,25 @@ def inspect(src: Path, as_json: bool) -> None:
     console.print(table)
 
 
+@cli.command(epilog=EXIT_CODES)
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; the exit status says it all.")
+def verify(src: Path, quiet: bool) -> None:
+    """Check SRC (.mpz) whole: index, every block's checksum, every tensor's decode."""
+    result = api.verify(src)
+    if not quiet:
+        click.echo(f"ok: {result.file}: {result.tensors} tensors, {result.blocks} blocks "
+                   f"checked ({_bytes(result.bytes)}) in {result.seconds:.2f} s")
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected failures are one line (see _Group); a bug is one line too."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="modelpress")
     except Exception as e:  # a bug: one line, not a traceback

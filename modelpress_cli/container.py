@@ -23,7 +23,7 @@ from . import __version__
 from .bitpack import pack_bits, packed_size, unpack_bits
 from .entropy import CODECS, compress, decompress
 from .errors import FormatError, IntegrityError, ModelpressError
-from .formats.base import DTYPES, ClosingReader, TensorInfo, check_shape
+from .formats.base import DTYPES, ClosingReader, TensorInfo, check_kind, check_shape, strict_json
 from .stages.base import Stage, decode_chain, stage_from_config
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"
@@ -32,6 +32,8 @@ HEADER = struct.Struct("<8sII")    # magic, version, flags (0)
 FOOTER = struct.Struct("<QQII8s")  # index offset, index length, index CRC-32, version, magic
 ALIGN = 64                         # every block starts at a multiple of 64 bytes
 MAX_INDEX_BYTES = 1 << 28          # 256 MiB of JSON: millions of tensors
+MAX_ZSTD_RATIO = 1 << 15           # zstd's limit (4-byte RLE blocks of 128 KiB): beyond is crafted
+ELEMENTS_PER_BYTE = 1 << 18        # a tensor must store at least a byte per 2**18 elements
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,11 @@ class MpzReader(ClosingReader):
         except OSError as e:
             raise ModelpressError(f"cannot open: {e.strerror}", path=self.path) from None
         try:
+            check_kind(self.path, "an .mpz")
+        except ModelpressError:
+            self._file.close()
+            raise
+        try:
             self.index = self._read_index()
             self.entries = self._parse_entries()
         except ModelpressError as e:
@@ -217,10 +224,7 @@ class MpzReader(ClosingReader):
         blob = self._file.read(length)
         if zlib.crc32(blob) != crc:
             raise IntegrityError("index checksum mismatch: the file is damaged")
-        try:
-            index = json.loads(blob)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise FormatError(f"index is not valid JSON ({e})") from None
+        index = strict_json(blob, what="index")
         if not isinstance(index, dict) or not isinstance(index.get("tensors"), list) \
                 or not isinstance(index.get("source"), dict) or index.get("version") != version:
             raise FormatError("index lacks its version, tensors list or source record")
@@ -255,8 +259,12 @@ class MpzReader(ClosingReader):
         blocks = raw.get("blocks")
         if not isinstance(stages, list) or not isinstance(blocks, dict):
             raise FormatError("entry needs a stages list and a blocks object")
-        return Entry(info, [stage_from_config(s) for s in stages],
-                     {part: self._parse_block(part, b) for part, b in blocks.items()}, None)
+        entry = Entry(info, [stage_from_config(s) for s in stages],
+                      {part: self._parse_block(part, b) for part, b in blocks.items()}, None)
+        if info.size > ELEMENTS_PER_BYTE * (entry.stored_bytes + 64):  # decode would allocate it
+            raise FormatError(f"declares {info.size} elements from {entry.stored_bytes} stored "
+                              "bytes: refused as a memory bomb")
+        return entry
 
     def _parse_block(self, part: str, raw: Any) -> Block:
         keys = {"dtype", "shape", "codec", "offset", "length", "crc32"}
@@ -275,7 +283,8 @@ class MpzReader(ClosingReader):
             raise FormatError(f"block {part!r} at {block.offset}+{block.length} lies outside "
                               "the data section")
         if (block.codec == "none" and block.length != block.n_bytes) or (
-                block.codec == "zstd" and block.length >= block.n_bytes):
+                block.codec == "zstd" and not block.n_bytes / MAX_ZSTD_RATIO <= block.length
+                < block.n_bytes):
             raise FormatError(f"block {part!r}: {block.length} stored bytes cannot hold "
                               f"{block.n_bytes} ({block.codec})")
         return block

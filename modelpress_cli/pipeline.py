@@ -52,7 +52,15 @@ class Options:
         return self.bits is not None or self.prune > 0
 
 
-def plan(info: TensorInfo, x: np.ndarray, options: Options) -> tuple[list[Stage], str | None]:
+def count_non_finite(x: np.ndarray) -> int:
+    """NaN and ±Inf entries of a float tensor (0 for others)."""
+    if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
+        return 0
+    return int(x.size - np.count_nonzero(np.isfinite(x)))
+
+
+def plan(info: TensorInfo, x: np.ndarray, options: Options,
+         non_finite: int = 0) -> tuple[list[Stage], str | None]:
     """The stages for one tensor, and why it stays lossless when options asked otherwise."""
     lossless = [BytePlanes(info.dtype)]
     if not options.lossy:
@@ -66,7 +74,7 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options) -> tuple[list[Stage]
     if info.size < max(options.min_elements, 1):
         return lossless, f"< {options.min_elements} elements"
     half = options.half if options.bits == 16 else None
-    refusal = lossy_refusal(x, half)
+    refusal = lossy_refusal(x, non_finite, half)
     if refusal:
         return lossless, refusal
     stages: list[Stage] = []
@@ -137,7 +145,7 @@ def measure(x: np.ndarray, y: np.ndarray, lossy: bool, *, chunk: int = 1 << 20) 
                 x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8)):
             raise IntegrityError("lossless round trip is not bit-exact: please report this bug")
     ref = err = peak = 0.0
-    if x.dtype.name not in FLOAT_DTYPES and x.dtype.kind != "f":
+    if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
         return ErrorStats(0.0, 0.0, 0.0)
     xf, yf = x.reshape(-1), y.reshape(-1)
     with np.errstate(over="ignore"):  # float64 weights beyond 1e154: the sums saturate to inf

@@ -30,6 +30,7 @@ class TensorRow:
     params: int
     errors: ErrorStats
     note: str | None = None
+    non_finite: int = 0  # NaN and ±Inf entries, always kept exactly
 
     @property
     def bits_per_weight(self) -> float:
@@ -41,7 +42,8 @@ class TensorRow:
                 "original_bytes": self.original_bytes, "compressed_bytes": self.compressed_bytes,
                 "bits_per_weight": round(self.bits_per_weight, 4),
                 "rel_error": _num(self.errors.rel_error), "sqnr_db": _num(self.errors.sqnr_db),
-                "max_abs_error": _num(self.errors.max_abs), "note": self.note}
+                "max_abs_error": _num(self.errors.max_abs), "non_finite": self.non_finite,
+                "note": self.note}
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Report:
                            "bits_per_weight": round(self.bits_per_weight, 4),
                            "rel_error": _num(errors.rel_error), "sqnr_db": _num(errors.sqnr_db),
                            "max_abs_error": _num(errors.max_abs),
+                           "non_finite": sum(r.non_finite for r in self.rows),
                            "seconds": round(self.seconds, 3)},
                 "tensors": [r.to_json() for r in self.rows], "warnings": self.warnings}
 

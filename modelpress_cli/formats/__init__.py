@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import DTYPES, FLOAT_DTYPES, TensorInfo, TensorReader, TensorWriter, dtype_name
+from .base import (
+    DTYPES,
+    FLOAT_DTYPES,
+    TensorInfo,
+    TensorReader,
+    TensorWriter,
+    check_kind,
+    dtype_name,
+)
 from .h5 import H5Reader, write_h5
 from .npz import NpzReader, write_npz
 from .safetensors import SafetensorsReader, write_safetensors
@@ -15,6 +23,7 @@ READERS = {".npz": NpzReader, ".h5": H5Reader, ".hdf5": H5Reader,
 WRITERS: dict[str, TensorWriter] = {".npz": write_npz, ".h5": write_h5, ".hdf5": write_h5,
                                     ".safetensors": write_safetensors}
 FORMAT_NAMES = {".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".safetensors": "safetensors"}
+KINDS = {"npz": "a zip (.npz)", "h5": "an HDF5 (.h5)", "safetensors": "a .safetensors"}
 
 
 def _suffix(path: Path, table: dict) -> str:
@@ -26,9 +35,11 @@ def _suffix(path: Path, table: dict) -> str:
 
 
 def open_reader(path: str | Path) -> TensorReader:
-    """A reader for a weights file, chosen by its extension."""
+    """A reader for a weights file, chosen by its extension and checked against its bytes."""
     path = Path(path)
-    return READERS[_suffix(path, READERS)](path)
+    suffix = _suffix(path, READERS)
+    check_kind(path, KINDS[FORMAT_NAMES[suffix]])
+    return READERS[suffix](path)
 
 
 def writer_for(path: str | Path) -> TensorWriter:

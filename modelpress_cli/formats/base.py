@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from math import prod
@@ -53,6 +55,49 @@ def check_shape(shape: Any, *, path=None, tensor: str | None = None) -> tuple[in
         raise FormatError(f"shape {list(shape)} declares more than 2**40 elements",
                           path=path, tensor=tensor)
     return tuple(shape)
+
+
+MAGICS = {b"\x89HDF\r\n\x1a\n": "an HDF5 (.h5)", b"PK\x03\x04": "a zip (.npz)",
+          b"PK\x05\x06": "a zip (.npz)", b"\x89MPZ\r\n\x1a\n": "an .mpz"}
+
+
+def sniff(path: os.PathLike) -> str | None:
+    """What the first bytes say the file is ("an HDF5 (.h5)"...), "empty", or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    for magic, kind in MAGICS.items():
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        return "a .safetensors"
+    return None
+
+
+def check_kind(path: os.PathLike, expected: str) -> None:
+    """FormatError if the file is empty or its bytes say it is another format than `expected`."""
+    kind = sniff(path)
+    if kind == "empty":
+        raise FormatError("the file is empty", path=path)
+    if kind is not None and kind != expected:
+        raise FormatError(f"is {kind} file, not {expected} file: check the name or the "
+                          "command", path=path)
+
+
+def strict_json(blob: bytes, *, what: str, path=None) -> Any:
+    """Parse JSON, refusing duplicate keys (a second value would silently win)."""
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise FormatError(f"{what} repeats the key "
+                              f"{next(k for k in keys if keys.count(k) > 1)!r}", path=path)
+        return dict(pairs)
+
+    try:
+        return json.loads(blob, object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise FormatError(f"{what} is not valid JSON ({e})", path=path) from None
 
 
 @dataclass(frozen=True)

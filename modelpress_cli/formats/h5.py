@@ -27,6 +27,11 @@ from .base import (
     widen_for_numpy,
 )
 
+#: A dataset may hold less than it declares (unwritten chunks read as the fill value, or a
+#: compression filter); beyond 1 GiB, more than deflate's 1032:1 is refused as a memory bomb.
+MAX_UNBACKED_BYTES = 1 << 30
+MAX_FILTER_RATIO = 1032
+
 
 def encode_attr(value: Any) -> dict | None:
     """A JSON-safe, exact form of an HDF5 attribute value; None for kinds we cannot carry."""
@@ -125,8 +130,14 @@ class H5Reader(ClosingReader):
                               "datasets are weights", path=self.path, tensor=name)
         shape = check_shape(list(ds.shape) if ds.shape is not None else None,
                             path=self.path, tensor=name)
-        return TensorInfo(name, shape, dtype_name(ds.dtype, path=self.path, tensor=name),
+        info = TensorInfo(name, shape, dtype_name(ds.dtype, path=self.path, tensor=name),
                           self._attrs(ds, name))
+        stored = ds.id.get_storage_size()
+        if info.n_bytes > MAX_UNBACKED_BYTES and info.n_bytes > MAX_FILTER_RATIO * stored:
+            raise FormatError(f"declares {info.n_bytes} bytes of data but stores {stored}: "
+                              "refused rather than filled in memory", path=self.path,
+                              tensor=name)
+        return info
 
     def infos(self) -> Iterator[TensorInfo]:
         return iter(self._infos.values())

@@ -21,6 +21,8 @@ from .base import (
     widen_for_numpy,
 )
 
+MAX_DEFLATE_RATIO = 1032  # deflate's own limit: a larger claim is a crafted archive
+
 
 class NpzReader(ClosingReader):
     """Reads each member's .npy header up front (shape, dtype); data only on `read`."""
@@ -35,7 +37,13 @@ class NpzReader(ClosingReader):
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise FormatError(f"not a readable .npz (zip) file: {e}", path=self.path) from None
         try:
-            self._infos = {i.name: i for i in map(self._describe, self._zip.infolist())}
+            self._infos: dict[str, TensorInfo] = {}
+            for member in self._zip.infolist():
+                info = self._describe(member)
+                if info.name in self._infos:
+                    raise FormatError("appears twice in the zip; which one is meant is unclear",
+                                      path=self.path, tensor=info.name)
+                self._infos[info.name] = info
         except BaseException:
             self._zip.close()
             raise
@@ -44,6 +52,14 @@ class NpzReader(ClosingReader):
         if not member.filename.endswith(".npy"):
             raise FormatError(f"member {member.filename!r} is not a .npy array", path=self.path)
         name = member.filename[:-4]
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or any(c in name for c in "\\\0"):
+            raise FormatError(f"member {member.filename!r} is not a plain tensor name "
+                              "(empty, '.', '..' or '\\' parts, or NUL)", path=self.path)
+        if member.compress_size * MAX_DEFLATE_RATIO < member.file_size:  # a zip bomb
+            raise FormatError(f"member claims {member.file_size} bytes from "
+                              f"{member.compress_size}: more than deflate can produce",
+                              path=self.path, tensor=name)
         try:
             with self._zip.open(member) as f:
                 version = npy.read_magic(f)

@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
-from .base import DTYPES, ClosingReader, TensorInfo, TensorReader, check_shape, checked
+from .base import (
+    DTYPES,
+    ClosingReader,
+    TensorInfo,
+    TensorReader,
+    check_shape,
+    checked,
+    strict_json,
+)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors package's own limit
 ST_NAMES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
@@ -54,10 +62,7 @@ class SafetensorsReader(ClosingReader):
             raise FormatError(f"header length {n_header} is beyond the file's {size} bytes "
                               "or the 100 MB limit: truncated or not a .safetensors file",
                               path=self.path)
-        try:
-            header = json.loads(self._file.read(n_header))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise FormatError(f"header is not valid JSON ({e})", path=self.path) from None
+        header = strict_json(self._file.read(n_header), what="header", path=self.path)
         if not isinstance(header, dict):
             raise FormatError("header is not a JSON object", path=self.path)
         metadata = header.pop("__metadata__", None) or {}

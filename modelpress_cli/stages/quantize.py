@@ -147,10 +147,14 @@ class HalfCast(Stage):
         return self.to
 
 
-def lossy_refusal(x: np.ndarray, half_to: str | None = None) -> str | None:
-    """Why `x` must stay lossless (non-finite or too large for float16 scales), or None."""
-    if not np.isfinite(x).all():
-        return "non-finite values"
+def lossy_refusal(x: np.ndarray, non_finite: int, half_to: str | None = None) -> str | None:
+    """Why `x` must stay lossless (NaN/Inf, or too large for float16 scales), or None.
+
+    NaN and Inf are kept exactly rather than turned into other numbers: the whole tensor stays
+    lossless, and the report counts them.
+    """
+    if non_finite:
+        return f"{non_finite} NaN/Inf kept exact"
     limit = FLOAT16_MAX if half_to != "bfloat16" else np.inf
     if np.abs(x).max(initial=0) >= limit:
         return "beyond float16 range"
