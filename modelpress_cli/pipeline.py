@@ -148,7 +148,8 @@ def measure(x: np.ndarray, y: np.ndarray, lossy: bool, *, chunk: int = 1 << 20) 
     if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
         return ErrorStats(0.0, 0.0, 0.0)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    with np.errstate(over="ignore"):  # float64 weights beyond 1e154: the sums saturate to inf
+    # Huge float64 weights saturate the sums to inf; float8 NaNs cast with a warning: both fine.
+    with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, prod(x.shape), chunk):
             a = xf[start:start + chunk].astype(np.float64)
             if not lossy:

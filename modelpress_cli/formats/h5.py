@@ -30,6 +30,8 @@ from .base import (
 #: A dataset may hold less than it declares (unwritten chunks read as the fill value, or a
 #: compression filter); beyond 1 GiB, more than deflate's 1032:1 is refused as a memory bomb.
 MAX_UNBACKED_BYTES = 1 << 30
+#: What h5py raises on a damaged file: the HDF5 library's errors surface as any of these.
+H5_DAMAGE = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 MAX_FILTER_RATIO = 1032
 
 
@@ -82,6 +84,9 @@ class H5Reader(ClosingReader):
             raise FormatError(f"not a readable HDF5 file ({e})", path=self.path) from None
         try:
             self.metadata, self._infos = self._walk()
+        except H5_DAMAGE as e:
+            self._file.close()
+            raise FormatError(f"damaged HDF5 structure ({e})", path=self.path) from None
         except BaseException:
             self._file.close()
             raise
@@ -146,7 +151,7 @@ class H5Reader(ClosingReader):
         info = self._infos[name]
         try:
             array = np.asarray(self._file[name][()])
-        except (OSError, ValueError) as e:
+        except H5_DAMAGE as e:
             raise FormatError(f"cannot read data ({e})", path=self.path, tensor=name) from None
         return checked(array, info, path=self.path)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import lzma
 import os
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +24,11 @@ from .base import (
     widen_for_numpy,
 )
 
+#: What zipfile, its decompressors and numpy's .npy header parser raise on damaged input
+#: (NotImplementedError: an unknown compression method; RuntimeError: encryption; TokenError
+#: and SyntaxError: a mangled header dictionary).
+ZIP_DAMAGE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+              NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError)
 MAX_DEFLATE_RATIO = 1032  # deflate's own limit: a larger claim is a crafted archive
 
 
@@ -34,7 +42,7 @@ class NpzReader(ClosingReader):
         self.path = Path(path)
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except ZIP_DAMAGE as e:
             raise FormatError(f"not a readable .npz (zip) file: {e}", path=self.path) from None
         try:
             self._infos: dict[str, TensorInfo] = {}
@@ -67,7 +75,7 @@ class NpzReader(ClosingReader):
                                else npy.read_array_header_2_0)
                 shape, _, dtype = read_header(f)
                 header_bytes = f.tell()
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        except ZIP_DAMAGE as e:
             raise FormatError(f"bad .npy header: {e}", path=self.path, tensor=name) from None
         if dtype.hasobject:
             raise FormatError("holds Python objects (pickle); modelpress never unpickles",
@@ -87,7 +95,7 @@ class NpzReader(ClosingReader):
         try:
             with self._zip.open(name + ".npy") as f:
                 array = npy.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        except ZIP_DAMAGE as e:
             raise FormatError(f"cannot read data: {e}", path=self.path, tensor=name) from None
         return checked(array, info, path=self.path)
 

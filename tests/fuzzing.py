@@ -1,0 +1,104 @@
+"""Mutated inputs for fuzzing: valid seed files of every format, and ways to damage them.
+
+Used by tests/test_fuzz.py (a bounded slice in CI) and benchmarks/fuzz.py (the long run).
+The only acceptable outcomes of reading a mutated file are a correct decode or a
+ModelpressError: never another exception, a hang or a large allocation.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import modelpress_cli as mp
+from modelpress_cli.errors import ModelpressError
+
+EXTREMES = [0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2 ** 63 - 1, 2 ** 64 - 1]
+
+
+def seed_files(folder: Path) -> dict[str, bytes]:
+    """Small valid files: name → bytes, the suffix telling the format."""
+    rng = np.random.default_rng(7)
+    tensors = {"dense/kernel": rng.normal(0, 0.1, (64, 72)).astype(np.float32),
+               "dense/bias": rng.normal(0, 0.1, 72).astype(np.float16),
+               "ids": np.arange(10, dtype=np.int64), "flag": np.array(True)}
+    np.savez(folder / "plain.npz", **tensors)
+    np.savez_compressed(folder / "deflated.npz", **tensors)
+    with h5py.File(folder / "keras.h5", "w") as f:
+        f.attrs["backend"] = "numpy"
+        f.create_group("model_weights").attrs["layer_names"] = np.array([b"dense"])
+        for name, value in tensors.items():
+            f.create_dataset(f"model_weights/{name}", data=value).attrs["n"] = np.int32(1)
+    from safetensors.numpy import save_file
+    save_file(tensors, str(folder / "st.safetensors"), metadata={"a": "b"})
+    mp.compress(folder / "plain.npz", folder / "lossless.mpz", min_elements=0)
+    mp.compress(folder / "plain.npz", folder / "q4.mpz", bits=4, min_elements=0,
+                quantize_1d=True, symmetric=False)
+    mp.compress(folder / "plain.npz", folder / "sparse.mpz", bits=3, prune=0.95,
+                min_elements=0)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One to three random damages: truncation, bit flips, splices, extreme integers."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(["truncate", "flip", "splice", "extreme", "zero"])
+        if not out:
+            break
+        at = rng.randrange(len(out))
+        if kind == "truncate":
+            del out[at:]
+        elif kind == "flip":
+            for _ in range(rng.randint(1, 8)):
+                i = rng.randrange(len(out))
+                out[i] ^= 1 << rng.randrange(8)
+        elif kind == "splice":
+            start = rng.randrange(len(out))
+            chunk = out[start:start + rng.randint(1, 64)]
+            out[at:at + len(chunk)] = chunk
+        elif kind == "extreme":
+            width = rng.choice([1, 2, 4, 8])
+            value = rng.choice(EXTREMES) & ((1 << (8 * width)) - 1)
+            out[at:at + width] = value.to_bytes(width, rng.choice(["little", "big"]))
+        else:
+            out[at:at + rng.randint(1, 16)] = bytes(rng.randint(1, 16))
+    return bytes(out)
+
+
+def outcome(data: bytes, name: str, folder: Path) -> str:
+    """'ok' or 'refused' for one mutated file; any other exception propagates (a bug)."""
+    path = folder / name
+    path.write_bytes(data)
+    try:
+        if path.suffix == ".mpz":
+            mp.verify(path)
+            mp.load(path)
+        else:
+            mp.compress(path, folder / "out.mpz", bits=4, force=True, min_elements=0)
+        return "ok"
+    except ModelpressError as e:
+        assert "\n" not in str(e), f"multi-line message: {e!r}"
+        return "refused"
+    finally:
+        path.unlink()
+
+
+def run(count: int, seed: int) -> dict[str, int]:
+    """Fuzz `count` mutated inputs across every seed file; counts of each outcome."""
+    rng = random.Random(seed)
+    counts = {"ok": 0, "refused": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        seeds = seed_files(folder)
+        work = folder / "work"
+        work.mkdir()
+        names = sorted(seeds)
+        for i in range(count):
+            name = names[i % len(names)]
+            counts[outcome(mutate(seeds[name], rng), name, work)] += 1
+    return counts
