@@ -17,6 +17,7 @@ from .errors import ConfigError, ModelpressError
 from .formats import FORMAT_NAMES, TensorReader, open_reader, writer_for
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .report import Report, TensorRow
+from .stages.base import describe_chain
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
@@ -72,13 +73,13 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) ->
                 stages, note = plan(info, x, opts, non_finite)
                 blocks = encode(x, stages)
                 y = decode(blocks, stages, info)
-                lossy = any(s.stage_id != "pack.byteplanes" for s in stages)
-                errors = measure(x, y, lossy)
+                errors = measure(x, y, any(s.lossy for s in stages))
             except ModelpressError as e:
                 e.at(path=src, tensor=info.name)
                 raise
             writer.add(info, stages, blocks)
-            row = TensorRow(info.name, info.shape, info.dtype, _method(stages), _bits(stages, x),
+            row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages),
+                            _bits(stages, x),
                             _zero_fraction(y), info.n_bytes,
                             sum(block.length for block, _ in blocks.values()), info.size,
                             errors, note, non_finite)
@@ -91,19 +92,10 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) ->
     return rows
 
 
-def _method(stages) -> str:
-    lossy = [s.describe() for s in stages if s.stage_id != "pack.byteplanes"]
-    return " + ".join(lossy) if lossy else "lossless"
-
-
 def _bits(stages, x: np.ndarray) -> int:
-    """Bits per stored value before packing overheads: the code width or the float width."""
-    for stage in stages:
-        if hasattr(stage, "bits"):
-            return stage.bits
-        if stage.stage_id == "quantize.half":
-            return 16
-    return x.dtype.itemsize * 8
+    """Bits per stored value before packing overheads: the code width or the dtype's."""
+    widths = [s.code_bits() for s in stages if s.code_bits()]
+    return widths[-1] if widths else x.dtype.itemsize * 8
 
 
 def _zero_fraction(y: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from .bitpack import pack_bits, packed_size, unpack_bits
 from .entropy import CODECS, compress, decompress
 from .errors import FormatError, IntegrityError, ModelpressError
 from .formats.base import DTYPES, ClosingReader, TensorInfo, check_kind, check_shape, strict_json
-from .stages.base import Stage, decode_chain, stage_from_config
+from .stages.base import Stage, decode_chain, describe_chain, stage_from_config
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"
 VERSION = 1
@@ -84,7 +84,7 @@ def decode_block(block: Block, payload: bytes) -> np.ndarray:
         array = unpack_bits(np.frombuffer(raw, dtype=np.uint8), block.bits, count)
         array = array.astype(DTYPES[block.dtype], copy=False)
     else:
-        array = np.frombuffer(raw, dtype=DTYPES[block.dtype]).copy()
+        array = np.frombuffer(raw, dtype=DTYPES[block.dtype])  # read-only: stages never write
     return array.reshape(block.shape)
 
 
@@ -160,10 +160,8 @@ class Entry:
         return sum(b.length for b in self.blocks.values())
 
     def describe(self) -> str:
-        if self.same_as is not None:
-            return f"tied to {self.same_as}"
-        lossy = [s.describe() for s in self.stages if s.stage_id != "pack.byteplanes"]
-        return " + ".join(lossy) if lossy else "lossless"
+        return f"tied to {self.same_as}" if self.same_as is not None else describe_chain(
+            self.stages)
 
 
 class MpzReader(ClosingReader):

@@ -24,6 +24,7 @@ class Stage(ABC):
     """
 
     stage_id: ClassVar[str]  # stored in every .mpz index: never rename one, add a new id
+    lossy: ClassVar[bool] = True  # False: decode gives back exactly what encode was given
 
     @abstractmethod
     def encode(self, parts: Parts) -> Parts: ...
@@ -33,7 +34,11 @@ class Stage(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """A few words for reports: 'q4 g64 sym', 'prune 50%'."""
+        """A few words for reports: 'q4 g64 sym', 'prune 50%'; '' for the plain layout."""
+
+    def code_bits(self) -> int | None:
+        """Bits per stored value this stage sets (4 for 4-bit codes), if it sets any."""
+        return None
 
     def part_bits(self) -> dict[str, int]:
         """Parts whose values fit in fewer than 8 bits, to be bit-packed at that width."""
@@ -64,6 +69,12 @@ def stage_from_config(config: Any) -> Stage:
         return REGISTRY[stage_id](**params)
     except (TypeError, ConfigError) as e:
         raise FormatError(f"stage {stage_id!r} has bad parameters: {e}") from None
+
+
+def describe_chain(stages: list[Stage]) -> str:
+    """What a chain does, for reports: 'prune 50% + q4 g64 sym + sparse', or 'lossless'."""
+    named = [s.describe() for s in stages if s.describe()]
+    return " + ".join(named) if named else "lossless"
 
 
 def require(parts: Parts, *names: str, stage: str) -> None:

@@ -26,6 +26,7 @@ class SparsePack(Stage):
     """
 
     stage_id: ClassVar[str] = "pack.sparse"
+    lossy: ClassVar[bool] = False
     part: str = "codes"
 
     def __post_init__(self) -> None:
@@ -77,6 +78,7 @@ class BytePlanes(Stage):
     """
 
     stage_id: ClassVar[str] = "pack.byteplanes"
+    lossy: ClassVar[bool] = False
     dtype: str
 
     def __post_init__(self) -> None:
@@ -103,4 +105,4 @@ class BytePlanes(Stage):
         return {**out, "values": values}
 
     def describe(self) -> str:
-        return "byteplanes"
+        return ""  # the plain lossless layout: reports say "lossless" when nothing else ran

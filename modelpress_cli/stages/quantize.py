@@ -119,6 +119,9 @@ class UniformQuantize(Stage):
     def part_bits(self) -> dict[str, int]:
         return {"codes": self.bits, "zeros": self.bits}
 
+    def code_bits(self) -> int:
+        return self.bits
+
     def describe(self) -> str:
         group = self.group_size if isinstance(self.group_size, str) else f"g{self.group_size}"
         return f"q{self.bits} {group} {'sym' if self.symmetric else 'affine'}"
@@ -145,6 +148,9 @@ class HalfCast(Stage):
 
     def describe(self) -> str:
         return self.to
+
+    def code_bits(self) -> int:
+        return 16
 
 
 def lossy_refusal(x: np.ndarray, non_finite: int, half_to: str | None = None) -> str | None:
