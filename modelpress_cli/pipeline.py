@@ -12,7 +12,6 @@ from .errors import ConfigError, IntegrityError
 from .formats.base import DTYPES, FLOAT_DTYPES, TensorInfo
 from .stages import BytePlanes, HalfCast, MagnitudePrune, SparsePack, UniformQuantize
 from .stages.base import Stage, decode_chain
-from .stages.quantize import lossy_refusal
 
 DEFAULT_GROUP_SIZE = 64
 DEFAULT_MIN_ELEMENTS = 4096
@@ -73,10 +72,6 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         return lossless, "1-D"
     if info.size < max(options.min_elements, 1):
         return lossless, f"< {options.min_elements} elements"
-    half = options.half if options.bits == 16 else None
-    refusal = lossy_refusal(x, non_finite, half)
-    if refusal:
-        return lossless, refusal
     stages: list[Stage] = []
     if options.prune > 0:
         stages.append(MagnitudePrune(options.prune))
@@ -87,6 +82,13 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
     elif options.bits == 16 and DTYPES[info.dtype].itemsize > 2:
         stages.append(HalfCast(options.half))
         values_dtype = options.half
+    if not stages:
+        return lossless, "already 16-bit"
+    if non_finite:
+        return lossless, f"{non_finite} NaN/Inf kept exact"
+    limit = min(s.max_magnitude() for s in stages)
+    if limit < np.inf and float(np.abs(x).max()) >= limit:  # x has >= 1 element here
+        return lossless, f"|values| ≥ {limit:.6g} kept exact"
     if options.prune > 0:
         stages.append(SparsePack(part))
     if part == "values":

@@ -276,3 +276,23 @@ def test_output_folder_must_exist(tmp_path, runner):
     assert result.stderr == (f"Error: {tmp_path / 'nope' / 'm.mpz'}: the output folder does not "
                              "exist; create it first\n")
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize(("options", "peak", "method"), [
+    ({"bits": 16, "half": "bfloat16"}, 3.4e38, "lossless"),  # would round to inf
+    ({"bits": 16}, 7e4, "lossless"),                          # beyond float16
+    ({"bits": 16}, 6e4, "float16"),
+    ({"bits": 8}, 1e6, "q8 g64 sym"),                         # scale 7874 fits float16
+    ({"bits": 2}, 1e6, "lossless"),                           # scale 1e6 would not
+    ({"prune": 0.5}, 1e30, "prune 50% + sparse"),             # pruning has no range limit
+])
+def test_values_a_stage_cannot_hold_keep_the_tensor_exact(tmp_path, options, peak, method):
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 128)).astype(np.float32)
+    x[5, 7] = peak
+    src = write_npz(tmp_path / "m.npz", {"w": x})
+    row = mp.compress(src, tmp_path / "m.mpz", **options).rows[0]
+    y = mp.load(tmp_path / "m.mpz")["w"]
+    assert row.method == method and np.isfinite(y).all()
+    if method == "lossless":
+        assert row.note.startswith("|values| ≥ ") and y.tobytes() == x.tobytes()
+    assert y[5, 7] == pytest.approx(peak, rel=0.01)

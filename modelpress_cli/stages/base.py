@@ -40,6 +40,10 @@ class Stage(ABC):
         """Bits per stored value this stage sets (4 for 4-bit codes), if it sets any."""
         return None
 
+    def max_magnitude(self) -> float:
+        """Largest |value| this stage encodes faithfully; larger tensors stay lossless."""
+        return float("inf")
+
     def part_bits(self) -> dict[str, int]:
         """Parts whose values fit in fewer than 8 bits, to be bit-packed at that width."""
         return {}

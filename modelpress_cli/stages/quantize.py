@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import ml_dtypes
 import numpy as np
 
 from ..errors import ConfigError
@@ -122,6 +124,10 @@ class UniformQuantize(Stage):
     def code_bits(self) -> int:
         return self.bits
 
+    def max_magnitude(self) -> float:
+        """The float16 scale max|x| / (2**(bits-1) - 1) must stay finite (affine needs less)."""
+        return FLOAT16_MAX * ((1 << (self.bits - 1)) - 1)
+
     def describe(self) -> str:
         group = self.group_size if isinstance(self.group_size, str) else f"g{self.group_size}"
         return f"q{self.bits} {group} {'sym' if self.symmetric else 'affine'}"
@@ -152,16 +158,8 @@ class HalfCast(Stage):
     def code_bits(self) -> int:
         return 16
 
-
-def lossy_refusal(x: np.ndarray, non_finite: int, half_to: str | None = None) -> str | None:
-    """Why `x` must stay lossless (NaN/Inf, or too large for float16 scales), or None.
-
-    NaN and Inf are kept exactly rather than turned into other numbers: the whole tensor stays
-    lossless, and the report counts them.
-    """
-    if non_finite:
-        return f"{non_finite} NaN/Inf kept exact"
-    limit = FLOAT16_MAX if half_to != "bfloat16" else np.inf
-    if np.abs(x).max(initial=0) >= limit:
-        return "beyond float16 range"
-    return None
+    def max_magnitude(self) -> float:
+        """From half an ulp above the type's largest value, the cast rounds to infinity."""
+        finfo = ml_dtypes.finfo(DTYPES[self.to])
+        top = float(finfo.max)
+        return top + 2.0 ** (math.floor(math.log2(top)) - finfo.nmant - 1)
