@@ -38,6 +38,8 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     opts = Options(**options)
     if src.suffix.lower() == ".mpz":
         raise ConfigError("is already an .mpz file; decompress it first", path=src)
+    if dst.suffix.lower() != ".mpz":
+        raise ConfigError("the compressed output must be named *.mpz", path=dst)
     started = time.perf_counter()
     reader = _open(src)
     try:
@@ -47,7 +49,20 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     finally:
         reader.close()
     return Report(str(src), str(dst), src.stat().st_size, out_bytes,
-                  time.perf_counter() - started, rows)
+                  time.perf_counter() - started, rows, _warnings(rows, opts))
+
+
+def _warnings(rows: list[TensorRow], opts: Options) -> list[str]:
+    """What a user asking for lossy compression would not expect: tensors kept exact."""
+    out = []
+    kept = [r for r in rows if r.note and ("NaN" in r.note or "|values|" in r.note)]
+    if kept:
+        out.append(f"{len(kept)} tensor(s) kept exact because of NaN/Inf or huge values, e.g. "
+                   f"{kept[0].name!r}: {kept[0].note}")
+    if opts.lossy and all(r.method == "lossless" or r.method.startswith("tied") for r in rows):
+        out.append("no tensor was quantized or pruned: all are integer, 1-D or under "
+                   f"--min-elements ({opts.min_elements}); lower it or pass --quantize-1d")
+    return out
 
 
 def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) -> list[TensorRow]:
@@ -126,7 +141,11 @@ def decompress(src: str | os.PathLike, dst: str | os.PathLike, *,
     started = time.perf_counter()
     warnings: list[str] = []
     with MpzReader(src) as reader, atomic_output(dst, force=force, inputs=(src,)) as tmp:
-        write(tmp, reader, warnings.append)
+        try:
+            write(tmp, reader, warnings.append)
+        except ModelpressError as e:  # what the target format cannot hold: name the target
+            e.at(path=dst)
+            raise
         n_bytes = tmp.stat().st_size
     return DecompressResult(str(dst), FORMAT_NAMES[dst.suffix.lower()], len(reader.entries),
                             n_bytes, time.perf_counter() - started, warnings)

@@ -2,45 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__, api
+from .atomic import atomic_output, check_output
 from .errors import ModelpressError
 from .pipeline import DEFAULT_GROUP_SIZE, DEFAULT_MIN_ELEMENTS
-from .report import _bytes
+from .report import human_bytes, render_index
 
 EXIT_CODES = """\b
 Exit status: 0 done, 1 failure (bad input, I/O, damaged file), 2 usage error."""
 
 
-def _group_size(value: str) -> int | str:
-    if value in ("channel", "tensor"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number, 'channel' or 'tensor'") from None
+class GroupSize(click.ParamType):
+    """A positive group length, or 'channel' / 'tensor'."""
 
+    name = "G|channel|tensor"
 
-def _stdout() -> Console:
-    """Terminal width on a terminal; 160 columns in pipes and CI logs, where rich assumes 80."""
-    return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def _warn(messages: list[str], quiet: bool) -> None:
-    for message in messages:
-        if not quiet:
-            _stderr().print(f"warning: {message}", markup=False)
+    def convert(self, value, param, ctx):
+        if value in ("channel", "tensor") or isinstance(value, int):
+            return value
+        try:
+            size = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number, 'channel' or 'tensor'", param, ctx)
+        if size < 1:
+            self.fail(f"{size} is not a positive number of values", param, ctx)
+        return size
 
 
 class _Failure(click.ClickException):
@@ -64,6 +58,17 @@ class _Group(click.Group):
             raise _Failure(f"{where}{e.strerror or e}", 1) from None
 
 
+def _stdout() -> Console:
+    """Terminal width on a terminal; 160 columns in pipes and CI logs, where rich assumes 80."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _warn(messages: list[str], quiet: bool) -> None:
+    if not quiet:
+        for message in messages:
+            click.echo(f"warning: {message}", err=True)
+
+
 @click.group(cls=_Group, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="modelpress")
 def cli() -> None:
@@ -74,17 +79,17 @@ def cli() -> None:
 @click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--bits", type=click.IntRange(2, 16), default=None,
-              help="2-8: integer codes with float16 scales; 16: cast to float16. "
+              help="2-8: integer codes with float16 scales; 16: cast to float16 (or --half). "
                    "Omit for lossless compression only.")
-@click.option("--group-size", default=str(DEFAULT_GROUP_SIZE), show_default=True,
-              metavar="G|channel|tensor",
+@click.option("--group-size", type=GroupSize(), default=DEFAULT_GROUP_SIZE, show_default=True,
               help="Values sharing one scale, along the last axis; or one per channel "
                    "(axis 0), or one per tensor.")
 @click.option("--symmetric/--affine", default=True, show_default=True,
               help="Affine adds a zero point per group: better for skewed groups.")
 @click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               metavar="F", help="Zero this fraction of the smallest weights of each tensor.")
-@click.option("--bf16", is_flag=True, help="With --bits 16, cast to bfloat16 instead.")
+@click.option("--half", type=click.Choice(["float16", "bfloat16"]), default=None,
+              help="With --bits 16: the 16-bit type (default float16).")
 @click.option("--min-elements", type=click.IntRange(0), default=DEFAULT_MIN_ELEMENTS,
               show_default=True, help="Smaller tensors stay lossless.")
 @click.option("--quantize-1d", is_flag=True,
@@ -93,26 +98,30 @@ def cli() -> None:
                                                allow_dash=True), metavar="PATH|-",
               help="Write the report as JSON to PATH, or to stdout with '-'.")
 @click.option("--all", "all_rows", is_flag=True, help="List every tensor in the table.")
-@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite DST (and the JSON report) if they exist.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def compress(src: Path, dst: Path, bits: int | None, group_size: str, symmetric: bool,
-             prune: float, bf16: bool, min_elements: int, quantize_1d: bool,
+def compress(src: Path, dst: Path, bits: int | None, group_size: int | str, symmetric: bool,
+             prune: float, half: str | None, min_elements: int, quantize_1d: bool,
              report_json: Path | None, all_rows: bool, force: bool, quiet: bool) -> None:
     """Compress SRC (.npz, .h5, .safetensors) into DST (.mpz) and report size and error."""
     if bits is not None and 8 < bits < 16:
         raise click.BadParameter("must be 2 to 8, or 16", param_hint="--bits")
-    if bf16 and bits != 16:
-        raise click.BadParameter("only applies with --bits 16", param_hint="--bf16")
-    report = api.compress(src, dst, force=force, bits=bits, group_size=_group_size(group_size),
-                          symmetric=symmetric, prune=prune,
-                          half="bfloat16" if bf16 else "float16", min_elements=min_elements,
-                          quantize_1d=quantize_1d)
+    if half is not None and bits != 16:
+        raise click.BadParameter("only applies with --bits 16", param_hint="--half")
+    to_file = report_json is not None and str(report_json) != "-"
+    if to_file:  # refuse a bad report path before the work, not after it
+        if report_json.resolve() == dst.resolve():
+            raise click.BadParameter("must differ from DST", param_hint="--report-json")
+        check_output(report_json, force=force, inputs=(src,))
+    report = api.compress(src, dst, force=force, bits=bits, group_size=group_size,
+                          symmetric=symmetric, prune=prune, half=half or "float16",
+                          min_elements=min_elements, quantize_1d=quantize_1d)
     _warn(report.warnings, quiet)
-    if report_json is not None:
-        if str(report_json) == "-":
-            click.echo(report.to_json_text())
-        else:
-            report_json.write_text(report.to_json_text() + "\n")
+    if to_file:
+        with atomic_output(report_json, force=force, inputs=(src,)) as tmp:
+            tmp.write_text(report.to_json_text() + "\n")
+    elif report_json is not None:
+        click.echo(report.to_json_text())
     if not quiet and str(report_json) != "-":
         report.render_table(_stdout(), all_rows=all_rows)
 
@@ -128,7 +137,7 @@ def decompress(src: Path, dst: Path, force: bool, quiet: bool) -> None:
     _warn(result.warnings, quiet)
     if not quiet:
         click.echo(f"wrote {result.output} ({result.format}, {result.tensors} tensors, "
-                   f"{_bytes(result.bytes_written)}) in {result.seconds:.2f} s")
+                   f"{human_bytes(result.bytes_written)}) in {result.seconds:.2f} s")
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -138,27 +147,9 @@ def inspect(src: Path, as_json: bool) -> None:
     """Show what SRC (.mpz) holds: every tensor, its stages and its stored size."""
     facts = api.inspect(src)
     if as_json:
-        import json
         click.echo(json.dumps(facts, indent=2))
-        return
-    console = _stdout()
-    source = facts["source"]
-    tool = facts["tool"] or {}
-    console.print(f"{facts['file']}: .mpz version {facts['format_version']}, written by "
-                  f"{tool.get('name')} {tool.get('version')} from {source.get('file')} "
-                  f"({source.get('format')}, {_bytes(source.get('bytes', 0))})", markup=False)
-    console.print(f"{len(facts['tensors'])} tensors, {facts['params']} weights, "
-                  f"{_bytes(facts['bytes'])}, {facts['bits_per_weight']:.3f} bits per weight; "
-                  f"source metadata: {', '.join(facts['metadata_keys']) or 'none'}",
-                  markup=False)
-    table = Table()
-    for header in ("tensor", "shape", "dtype", "method", "stored", "bits/w"):
-        table.add_column(header, justify="right" if header in ("stored", "bits/w") else "left",
-                         overflow="fold")
-    for t in facts["tensors"]:
-        table.add_row(t["name"], "×".join(map(str, t["shape"])) or "scalar", t["dtype"],
-                      t["method"], _bytes(t["stored_bytes"]), f"{t['bits_per_weight']:.2f}")
-    console.print(table)
+    else:
+        render_index(facts, _stdout())
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -169,7 +160,7 @@ def verify(src: Path, quiet: bool) -> None:
     result = api.verify(src)
     if not quiet:
         click.echo(f"ok: {result.file}: {result.tensors} tensors, {result.blocks} blocks "
-                   f"checked ({_bytes(result.bytes)}) in {result.seconds:.2f} s")
+                   f"checked ({human_bytes(result.bytes)}) in {result.seconds:.2f} s")
 
 
 def _terminate(signum: int, frame) -> None:

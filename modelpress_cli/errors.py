@@ -40,7 +40,9 @@ class IntegrityError(ModelpressError):
 
 
 class ConfigError(ModelpressError):
-    """An option or stage parameter is out of range."""
+    """An option, stage parameter or file name the user gave is wrong: a usage error."""
+
+    exit_code = 2
 
 
 class OutputExistsError(ModelpressError):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .pipeline import ErrorStats
@@ -98,11 +99,11 @@ class Report:
     def render_table(self, console: Console, *, all_rows: bool = False) -> None:
         """Print the table; without `all_rows`, only the largest and worst tensors."""
         shown = self.rows if all_rows else _largest_and_worst(self.rows, DEFAULT_ROWS)
-        table = Table(title=f"{self.input} → {self.output}", title_justify="left",
+        table = Table(title=f"{cell(self.input)} → {cell(self.output)}", title_justify="left",
                       show_footer=True)
         errors = self.errors
-        footer = [f"total ({len(self.rows)} tensors)", "", "", _bytes(self.input_bytes),
-                  _bytes(self.output_bytes), f"{self.bits_per_weight:.2f}", "",
+        footer = [f"total ({len(self.rows)} tensors)", "", "", human_bytes(self.input_bytes),
+                  human_bytes(self.output_bytes), f"{self.bits_per_weight:.2f}", "",
                   _sci(errors.rel_error), _db(errors.sqnr_db), _sci(errors.max_abs)]
         headers = ["tensor", "shape", "method", "original", "stored", "bits/w", "sparsity",
                    "rel err", "SQNR dB", "max err"]
@@ -112,8 +113,8 @@ class Report:
                              overflow="fold", no_wrap=numeric)
         for row in shown:
             method = row.method + (f" ({row.note})" if row.note else "")
-            table.add_row(row.name, "×".join(map(str, row.shape)) or "scalar", method,
-                          _bytes(row.original_bytes), _bytes(row.compressed_bytes),
+            table.add_row(cell(row.name), "×".join(map(str, row.shape)) or "scalar", cell(method),
+                          human_bytes(row.original_bytes), human_bytes(row.compressed_bytes),
                           f"{row.bits_per_weight:.2f}", f"{row.sparsity:.1%}",
                           _sci(row.errors.rel_error), _db(row.errors.sqnr_db),
                           _sci(row.errors.max_abs))
@@ -139,6 +140,33 @@ def _largest_and_worst(rows: list[TensorRow], limit: int) -> list[TensorRow]:
     return [r for r in rows if id(r) in picked]
 
 
+def render_index(facts: dict[str, Any], console: Console) -> None:
+    """The `inspect` view of an .mpz: file facts, then a row per tensor."""
+    source, tool = facts["source"], facts["tool"] or {}
+    console.print(f"{facts['file']}: .mpz version {facts['format_version']}, written by "
+                  f"{tool.get('name')} {tool.get('version')} from {source.get('file')} "
+                  f"({source.get('format')}, {human_bytes(source.get('bytes', 0))})",
+                  markup=False)
+    console.print(f"{len(facts['tensors'])} tensors, {facts['params']} weights, "
+                  f"{human_bytes(facts['bytes'])}, {facts['bits_per_weight']:.3f} bits per "
+                  f"weight; source metadata: {', '.join(facts['metadata_keys']) or 'none'}",
+                  markup=False)
+    table = Table()
+    for header in ("tensor", "shape", "dtype", "method", "stored", "bits/w"):
+        table.add_column(header, justify="right" if header in ("stored", "bits/w") else "left",
+                         overflow="fold")
+    for t in facts["tensors"]:
+        table.add_row(cell(t["name"]), "×".join(map(str, t["shape"])) or "scalar", t["dtype"],
+                      cell(t["method"]), human_bytes(t["stored_bytes"]),
+                      f"{t['bits_per_weight']:.2f}")
+    console.print(table)
+
+
+def cell(text: str) -> str:
+    """Text from a file, safe in a rich table: no markup, no control characters."""
+    return escape(text if text.isprintable() else repr(text)[1:-1])
+
+
 def _num(value: float | None) -> float | None:
     """JSON-safe: None stands for an infinite SQNR (no error at all)."""
     if value is None or math.isinf(value) or math.isnan(value):
@@ -146,12 +174,15 @@ def _num(value: float | None) -> float | None:
     return round(value, 6 if abs(value) >= 1e-3 else 12)
 
 
-def _bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float) -> str:
+    """1234567 → '1.2 MB'."""
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-    raise AssertionError("unreachable")
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}"
+    return f"{n:.1f} GB"
 
 
 def _sci(value: float) -> str:

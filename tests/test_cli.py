@@ -96,30 +96,40 @@ def test_truncated_input_fails_in_one_line_and_keeps_the_old_output(tmp_path, ti
     (["compress", "{src}", "{tmp}/m.mpz", "--bits", "9"], 2, "must be 2 to 8, or 16"),
     (["compress", "{src}", "{tmp}/m.mpz", "--bits", "1"], 2, "--bits"),
     (["compress", "{src}", "{tmp}/m.mpz", "--prune", "1"], 2, "--prune"),
-    (["compress", "{src}", "{tmp}/m.mpz", "--group-size", "big"], 2, "not a number"),
-    (["compress", "{src}", "{tmp}/m.mpz", "--bits", "4", "--group-size", "0"], 1,
-     "group size must be"),
-    (["compress", "{src}", "{tmp}/m.mpz", "--bf16"], 2, "only applies with --bits 16"),
-    (["compress", "{src}", "{tmp}/m.txt"], 0, ""),  # any name works for the .mpz output
+    (["compress", "{src}", "{tmp}/m.mpz", "--group-size", "big"], 2,
+     "Invalid value for '--group-size': 'big' is not a number"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--bits", "4", "--group-size", "0"], 2,
+     "'--group-size': 0 is not a positive number"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--half", "bfloat16"], 2,
+     "only applies with --bits 16"),
+    (["compress", "{src}", "{tmp}/m.txt"], 2, "the compressed output must be named *.mpz"),
+    (["compress", "{src}", "{src}", "--force"], 2, "must be named *.mpz"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--report-json", "{tmp}/m.mpz"], 2,
+     "must differ from DST"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--report-json", "{tmp}/m.pt"], 1, "already exists"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--report-json", "{src}", "--force"], 1,
+     "the output is the input"),
+    (["compress", "{src}", "{tmp}/m.mpz", "--report-json", "{tmp}/no/r.json"], 1,
+     "output folder does not exist"),
     (["compress", "{tmp}/missing.h5", "{tmp}/m.mpz"], 1, "missing.h5: no such file"),
-    (["compress", "{tmp}/m.pt", "{tmp}/m.mpz"], 1, "unknown extension '.pt'"),
+    (["compress", "{tmp}/m.pt", "{tmp}/m.mpz"], 2, "unknown extension '.pt'"),
     (["compress", "{src}", "{tmp}/no/such/dir/m.mpz"], 1, "output folder does not exist"),
-    (["compress", "{src}", "{src}", "--force"], 1, "the output is the input"),
     (["decompress", "{src}", "{tmp}/o.npz"], 1, "not an .mpz file"),
-    (["decompress", "{tmp}/m.mpz", "{tmp}/o.onnx"], 1, "unknown extension '.onnx'"),
+    (["decompress", "{tmp}/m.mpz", "{tmp}/o.onnx"], 2, "unknown extension '.onnx'"),
 ])
 def test_bad_usage_and_bad_input_get_one_clear_line(runner, tiny_npz, tmp_path, args, code,
                                                     message):
     (tmp_path / "m.pt").write_bytes(b"\x80\x02}q\x00.")  # a pickle: never opened
-    (tmp_path / "m.mpz").write_bytes(b"")
+    if args[0] == "decompress":
+        runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz")])
+    before = sorted(tmp_path.iterdir())
     argv = [a.format(src=tiny_npz, tmp=tmp_path) for a in args]
-    if args[0] == "decompress" and args[1] == "{tmp}/m.mpz":
-        runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz"), "--force"])
     result = runner.invoke(cli, argv)
     assert result.exit_code == code, result.output
-    assert message in result.stderr
-    if code == 1:
+    assert message in result.stderr and "Traceback" not in result.stderr
+    if not result.stderr.startswith("Usage:"):  # our own errors: exactly one line
         assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, nothing left behind
 
 
 def test_python_m_and_console_script_run_the_same_command(tmp_path):

@@ -296,3 +296,28 @@ def test_values_a_stage_cannot_hold_keep_the_tensor_exact(tmp_path, options, pea
     if method == "lossless":
         assert row.note.startswith("|values| ≥ ") and y.tobytes() == x.tobytes()
     assert y[5, 7] == pytest.approx(peak, rel=0.01)
+
+
+def test_names_a_target_format_cannot_hold_are_refused_naming_the_target(tmp_path, runner):
+    src = write_npz(tmp_path / "m.npz", {"__metadata__": np.ones(3), "a": np.ones(2),
+                                         "a/b": np.ones(2)})
+    mp.compress(src, tmp_path / "m.mpz")
+    for target, message in [("o.safetensors", "tensor '__metadata__': is reserved"),
+                            ("o.h5", "'/a' is a dataset, so it cannot also be a group")]:
+        result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"),
+                                     str(tmp_path / target)])
+        assert result.exit_code == 1 and message in result.stderr
+        assert result.stderr.startswith(f"Error: {tmp_path / target}: ")
+        assert not (tmp_path / target).exists()
+    assert mp.decompress(tmp_path / "m.mpz", tmp_path / "o.npz").tensors == 3
+
+
+def test_names_with_markup_or_control_characters_print_safely(tmp_path, runner):
+    names = ["[/x]", "[bold red]B[/]", "ctl\x1b[31mred", "nl\nx"]
+    src = write_npz(tmp_path / "m.npz", {n: np.ones((3, 3), np.float32) for n in names})
+    result = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz")])
+    assert result.exit_code == 0
+    assert "[bold red]B[/]" in result.stdout and "\\x1b[31mred" in result.stdout
+    assert "\x1b" not in result.stdout and "nl\\nx" in result.stdout
+    shown = runner.invoke(cli, ["inspect", str(tmp_path / "m.mpz")])
+    assert shown.exit_code == 0 and "[/x]" in shown.stdout and "\x1b" not in shown.stdout

@@ -37,6 +37,8 @@ MAX_FILTER_RATIO = 1032
 
 def encode_attr(value: Any) -> dict | None:
     """A JSON-safe, exact form of an HDF5 attribute value; None for kinds we cannot carry."""
+    if isinstance(value, h5py.Empty):
+        return {"empty": value.dtype.str}
     if isinstance(value, str):
         return {"str": value}
     if isinstance(value, bytes):
@@ -55,8 +57,17 @@ def encode_attr(value: Any) -> dict | None:
     return None
 
 
-def decode_attr(encoded: dict) -> Any:
-    """The value to hand h5py for an attribute stored by `encode_attr`."""
+def decode_attr(encoded: Any) -> Any:
+    """The value to hand h5py for an attribute stored by `encode_attr`; FormatError if bad."""
+    try:
+        return _decode_attr(encoded)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise FormatError(f"attribute record {str(encoded)[:80]!r} is malformed ({e})") from None
+
+
+def _decode_attr(encoded: dict) -> Any:
+    if "empty" in encoded:
+        return h5py.Empty(np.dtype(encoded["empty"]))
     if "str" in encoded:
         return encoded["str"]
     if "bytes" in encoded:
@@ -97,7 +108,7 @@ class H5Reader(ClosingReader):
             encoded = encode_attr(obj.attrs[key])
             if encoded is None:
                 raise FormatError(f"attribute {key!r} of {where!r} has a type modelpress cannot "
-                                  "carry (compound, reference or enum)", path=self.path)
+                                  f"carry ({type(obj.attrs[key]).__name__})", path=self.path)
             out[key] = encoded
         return out
 
@@ -165,6 +176,8 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
     widened = widen_for_numpy(reader, ".h5", warn)
     with h5py.File(path, "w", track_order=True) as f:
         groups = reader.metadata.get("groups", {}) if reader.format == "h5" else {}
+        if not isinstance(groups, dict) or not all(isinstance(a, dict) for a in groups.values()):
+            raise FormatError("source groups must map group paths to attribute records")
         for name, attrs in groups.items():
             group = f if name == "/" else _ordered_group(f, name)
             for key, encoded in attrs.items():
@@ -180,7 +193,7 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
                 parent, _, leaf = info.name.rpartition("/")
                 ds = (_ordered_group(f, parent) if parent else f).create_dataset(leaf, data=array)
             except (ValueError, TypeError) as e:
-                raise FormatError(f"cannot be an HDF5 dataset name ({e})", path=path,
+                raise FormatError(f"cannot be an HDF5 dataset name ({e})",
                                   tensor=info.name) from None
             for key, encoded in (info.attrs if reader.format == "h5" else {}).items():
                 ds.attrs[key] = decode_attr(encoded)
@@ -196,4 +209,7 @@ def _ordered_group(f: h5py.File, path: str) -> h5py.Group:
         if not part:
             continue
         group = group[part] if part in group else group.create_group(part, track_order=True)
+        if not isinstance(group, h5py.Group):
+            raise FormatError(f"{group.name!r} is a dataset, so it cannot also be a group "
+                              f"holding {path!r}: write .npz or .safetensors instead")
     return group

@@ -123,6 +123,10 @@ def write_safetensors(path: str | os.PathLike, reader: TensorReader,
                       warn: Callable[[str], None]) -> None:
     """Write every tensor of `reader`, streaming: the header is known from the infos alone."""
     infos = list(reader.infos())
+    for info in infos:
+        if info.name == "__metadata__":
+            raise FormatError("is reserved in .safetensors (it holds the file's metadata); "
+                              "write .npz or .h5, or rename the tensor", tensor=info.name)
     header: dict = {}
     metadata = _metadata_for_safetensors(reader, warn)
     if metadata:
@@ -144,7 +148,11 @@ def write_safetensors(path: str | os.PathLike, reader: TensorReader,
 def _metadata_for_safetensors(reader: TensorReader, warn: Callable[[str], None]) -> dict:
     """String metadata carries over from a safetensors source; anything else gets a warning."""
     if reader.format == "safetensors":
-        return dict(reader.metadata.get("__metadata__", {}))
+        metadata = reader.metadata.get("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise FormatError("source __metadata__ must map strings to strings")
+        return dict(metadata)
     attributed = [i.name for i in reader.infos() if i.attrs]
     groups = [g for g, a in reader.metadata.get("groups", {}).items() if a]
     if attributed or groups:

@@ -9,7 +9,7 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FormatError
 from ..formats.base import DTYPES
 from .base import Parts, Stage, register, require
 
@@ -110,6 +110,15 @@ class UniformQuantize(Stage):
         require(parts, "codes", "scales", *(() if self.symmetric else ("zeros",)),
                 stage=self.stage_id)
         (rows, cols), group = as_rows(tuple(shape), self.group_size)
+        n_groups = max(1, -(-cols // group))
+        expected = {"scales": (rows, n_groups), "zeros": (rows, n_groups)}
+        for name, want in expected.items():
+            if name in parts and parts[name].shape != want:
+                raise FormatError(f"{name} have shape {list(parts[name].shape)}, expected "
+                                  f"{list(want)} for groups of {self.group_size}")
+        if parts["codes"].size != rows * cols or np.dtype(dtype).kind not in "fV":
+            raise FormatError(f"{parts['codes'].size} codes cannot decode to shape "
+                              f"{list(shape)} of {np.dtype(dtype).name}")
         levels = (1 << self.bits) - 1
         zero = (np.int16(1 << (self.bits - 1)) if self.symmetric
                 else parts["zeros"].astype(np.int16)[..., None])
