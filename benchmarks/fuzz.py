@@ -39,7 +39,7 @@ def worker(args: tuple[int, int, int, int, str]) -> dict:
         names = sorted(seeds)
         for i in range(count):
             name = names[i % len(names)]
-            data = mutate(seeds[name], rng)
+            data = mutate(seeds[name], rng, name)
             signal.alarm(seconds)
             try:
                 counts[outcome(data, name, work)] += 1

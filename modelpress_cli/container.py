@@ -139,6 +139,11 @@ class MpzWriter:
         self._file.close()
 
 
+def _is_key(value: Any, table) -> bool:
+    """`value in table` for JSON values: a list or object is no key (and is unhashable)."""
+    return isinstance(value, str) and value in table
+
+
 def _tensor_json(info: TensorInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
     if info.attrs:
@@ -242,12 +247,12 @@ class MpzReader(ClosingReader):
         return entries
 
     def _parse_entry(self, raw: dict, seen: dict[str, Entry]) -> Entry:
-        if raw.get("dtype") not in DTYPES or not isinstance(raw.get("attrs", {}), dict):
+        if not _is_key(raw.get("dtype"), DTYPES) or not isinstance(raw.get("attrs", {}), dict):
             raise FormatError(f"unknown dtype {raw.get('dtype')!r} or bad attrs")
         info = TensorInfo(raw["name"], check_shape(raw.get("shape")), raw["dtype"],
                           raw.get("attrs", {}))
         if "same_as" in raw:
-            target = seen.get(raw["same_as"])
+            target = seen.get(raw["same_as"]) if isinstance(raw["same_as"], str) else None
             if target is None or (target.info.shape, target.info.dtype) != (info.shape,
                                                                             info.dtype):
                 raise FormatError(f"same_as {raw['same_as']!r} names no earlier tensor of the "
@@ -269,7 +274,7 @@ class MpzReader(ClosingReader):
         if not isinstance(raw, dict) or not keys <= set(raw) or set(raw) - keys - {"bits"}:
             raise FormatError(f"block {part!r} needs exactly {sorted(keys)} (and maybe bits)")
         ints = [raw["offset"], raw["length"], raw["crc32"], raw.get("bits", 1)]
-        if raw["dtype"] not in DTYPES or raw["codec"] not in CODECS or not all(
+        if not _is_key(raw["dtype"], DTYPES) or not _is_key(raw["codec"], CODECS) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ints):
             raise FormatError(f"block {part!r} has a bad dtype, codec or number")
         block = Block(raw["dtype"], check_shape(raw["shape"]), raw.get("bits"), raw["codec"],

@@ -7,14 +7,18 @@ ModelpressError: never another exception, a hang or a large allocation.
 
 from __future__ import annotations
 
+import json
 import random
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 import modelpress_cli as mp
+from modelpress_cli.container import FOOTER
 from modelpress_cli.errors import ModelpressError
 
 EXTREMES = [0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2 ** 63 - 1, 2 ** 64 - 1]
@@ -43,8 +47,45 @@ def seed_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def mutate(data: bytes, rng: random.Random) -> bytes:
-    """One to three random damages: truncation, bit flips, splices, extreme integers."""
+JSON_EXTREMES = [0, -1, 1, 2 ** 31, 2 ** 40, 2 ** 63, 2 ** 64, 1e308, -0.5, "", "x" * 300,
+                 None, True, [], {}, [2 ** 62, 2 ** 62], "quantize.uniform", "float64"]
+
+
+def _leaves(node, path=()):
+    """Every (path, value) in a JSON tree, containers included."""
+    yield path, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else ()
+    for key, child in items:
+        yield from _leaves(child, (*path, key))
+
+
+def rewrite_json(data: bytes, rng: random.Random) -> bytes:
+    """Replace one value of an .mpz index or a .safetensors header, keeping the file well
+    framed (lengths and the index checksum fixed up): a crafted file, not a damaged one."""
+    if data[:4] == b"\x89MPZ":
+        offset, length, _, version, magic = FOOTER.unpack(data[-FOOTER.size:])
+        tree = json.loads(data[offset:offset + length])
+    else:
+        (length,) = struct.unpack("<Q", data[:8])
+        tree = json.loads(data[8:8 + length])
+    path, _ = rng.choice(list(_leaves(tree))[1:])
+    parent = tree
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = rng.choice(JSON_EXTREMES)
+    blob = json.dumps(tree).encode()
+    if data[:4] == b"\x89MPZ":
+        return data[:offset] + blob + FOOTER.pack(offset, len(blob), zlib.crc32(blob), version,
+                                                  magic)
+    return struct.pack("<Q", len(blob)) + blob + data[8 + length:]
+
+
+def mutate(data: bytes, rng: random.Random, name: str = "") -> bytes:
+    """One to three random damages: truncation, bit flips, splices, extreme integers; for
+    .mpz and .safetensors, half the time a crafted header value instead."""
+    if name.endswith((".mpz", ".safetensors")) and rng.random() < 0.5:
+        return rewrite_json(data, rng)
     out = bytearray(data)
     for _ in range(rng.randint(1, 3)):
         kind = rng.choice(["truncate", "flip", "splice", "extreme", "zero"])
@@ -100,5 +141,5 @@ def run(count: int, seed: int) -> dict[str, int]:
         names = sorted(seeds)
         for i in range(count):
             name = names[i % len(names)]
-            counts[outcome(mutate(seeds[name], rng), name, work)] += 1
+            counts[outcome(mutate(seeds[name], rng, name), name, work)] += 1
     return counts

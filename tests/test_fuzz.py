@@ -28,5 +28,5 @@ def seed_folder(tmp_path_factory):
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2 ** 32 - 1))
 def test_mutated_files_decode_or_are_refused(seed_folder, tmp_path_factory, name, seed):
-    data = mutate((seed_folder / name).read_bytes(), random.Random(seed))
+    data = mutate((seed_folder / name).read_bytes(), random.Random(seed), name)
     assert outcome(data, name, tmp_path_factory.mktemp("fuzz")) in ("ok", "refused")

@@ -75,7 +75,7 @@ class SafetensorsReader(ClosingReader):
             if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
                 raise FormatError("entry needs exactly dtype, shape and data_offsets",
                                   path=self.path, tensor=name)
-            if entry["dtype"] not in ST_NAMES:
+            if not isinstance(entry["dtype"], str) or entry["dtype"] not in ST_NAMES:
                 raise FormatError(f"unknown dtype {entry['dtype']!r}", path=self.path,
                                   tensor=name)
             info = TensorInfo(name, check_shape(entry["shape"], path=self.path, tensor=name),
