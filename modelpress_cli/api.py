@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -11,61 +12,97 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .container import MpzReader, MpzWriter
-from .errors import ConfigError, ModelpressError
+from .errors import ConfigError, MetricDropError, ModelpressError
+from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorReader, open_reader, writer_for
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
+from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
 from .stages.base import describe_chain
 
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
-             **options: Any) -> Report:
+             recipe: str | os.PathLike | Recipe | None = None, eval_command: str | None = None,
+             eval_key: str | None = None, lower_is_better: bool = False,
+             max_drop: float | None = None, **options: Any) -> Report:
     """Compress a weights file into an .mpz file, one tensor at a time.
 
     Parameters
     ----------
     src : path of a .npz, .h5 or .safetensors file.
     dst : path of the .mpz file to write (atomically; an existing one only with `force`).
-    **options : fields of `Options` (bits, group_size, symmetric, prune, half, ...).
+    recipe : a recipe file (or loaded Recipe): defaults, and rules per tensor name.
+    eval_command : a shell command with a ``{weights}`` placeholder that prints the model's
+        metric (the last number, or `eval_key` in a JSON line). It runs on `src`, then on a
+        temporary decompressed copy; the report's `task_metric` holds both values.
+    lower_is_better, max_drop : how to read the metric, and the largest drop allowed: a
+        larger one raises MetricDropError (exit status 3) after `dst` is written.
+    **options : fields of `Options` (bits, group_size, symmetric, prune, nm, half, ...);
+        they override the recipe's defaults, never its rules.
 
     Returns
     -------
     Report : per-tensor sizes and errors, measured by decoding the stored bytes back.
     """
     src, dst = Path(src), Path(dst)
-    opts = Options(**options)
+    if recipe is not None and not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    opts = Options(**{**(recipe.defaults if recipe else {}), **options})
     if src.suffix.lower() == ".mpz":
         raise ConfigError("is already an .mpz file; decompress it first", path=src)
     if dst.suffix.lower() != ".mpz":
         raise ConfigError("the compressed output must be named *.mpz", path=dst)
+    if max_drop is not None and eval_command is None:
+        raise ConfigError("--max-drop needs --eval (the command that measures the model)")
+    check_output(dst, force=force, inputs=(src,))  # fail before the (maybe slow) evaluation
+    original = None
+    if eval_command is not None:
+        check_command(eval_command)
+        _open(src).close()  # a bad input is our error, not the eval command's
+        original = run_metric(eval_command, src, eval_key, which="original")
     started = time.perf_counter()
     reader = _open(src)
     try:
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            rows = _compress_into(reader, src, tmp, opts)
+            rows = _compress_into(reader, src, tmp, opts, recipe)
             out_bytes = tmp.stat().st_size
     finally:
         reader.close()
-    return Report(str(src), str(dst), src.stat().st_size, out_bytes,
-                  time.perf_counter() - started, rows, _warnings(rows, opts))
+    report = Report(str(src), str(dst), src.stat().st_size, out_bytes,
+                    time.perf_counter() - started, rows, _warnings(rows, opts, recipe))
+    if eval_command is not None:
+        report.task_metric = TaskMetric(
+            eval_command, original, metric_of_mpz(eval_command, dst, src.suffix, eval_key),
+            lower_is_better, max_drop)
+        if not report.task_metric.passed:
+            m = report.task_metric
+            raise MetricDropError(
+                f"task metric dropped by {m.drop:.6g} ({m.original:.6g} → {m.compressed:.6g}), "
+                f"more than --max-drop {m.max_drop:g}; the .mpz was still written so that it "
+                "can be inspected", path=dst, report=report)
+    return report
 
 
-def _warnings(rows: list[TensorRow], opts: Options) -> list[str]:
-    """What a user asking for lossy compression would not expect: tensors kept exact."""
-    out = []
+def _warnings(rows: list[TensorRow], opts: Options, recipe: Recipe | None) -> list[str]:
+    """What a user would not expect: tensors kept exact, recipe rules that matched nothing."""
+    used = {r.rule for r in rows}
+    out = [f"{recipe.path}: {rule.label} matched no tensor" for rule in
+           (recipe.rules if recipe else ()) if rule.label not in used]
     kept = [r for r in rows if r.note and ("NaN" in r.note or "|values|" in r.note)]
     if kept:
         out.append(f"{len(kept)} tensor(s) kept exact because of NaN/Inf or huge values, e.g. "
                    f"{kept[0].name!r}: {kept[0].note}")
-    if opts.lossy and all(r.method == "lossless" or r.method.startswith("tied") for r in rows):
+    if opts.lossy and not recipe and all(r.method == "lossless" or r.method.startswith("tied")
+                                         for r in rows):
         out.append("no tensor was quantized or pruned: all are integer, 1-D or under "
                    f"--min-elements ({opts.min_elements}); lower it or pass --quantize-1d")
     return out
 
 
-def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) -> list[TensorRow]:
+def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
+                   recipe: Recipe | None) -> list[TensorRow]:
     source = {"format": reader.format, "file": src.name, "bytes": src.stat().st_size,
               "metadata": dict(reader.metadata)}
     writer = MpzWriter(tmp, source)
@@ -73,31 +110,33 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options) ->
     seen: dict[tuple, TensorRow] = {}
     try:
         for info in reader.infos():
+            rule = recipe.match(info.name) if recipe else None
+            tensor_opts = rule.apply(opts) if rule else opts
             x = reader.read(info.name)
-            digest = (info.dtype, info.shape,
+            digest = (info.dtype, info.shape, dataclasses.replace(tensor_opts, rule=None),
                       hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
             if digest in seen:  # tied weights: identical bytes, stored once
                 twin = seen[digest]
-                writer.add_alias(info, twin.name)
+                writer.add_alias(info, twin.name, tensor_opts.rule)
                 rows.append(TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}",
                                       twin.bits, twin.sparsity, info.n_bytes, 0, info.size,
-                                      twin.errors, None, twin.non_finite))
+                                      twin.errors, None, twin.non_finite, tensor_opts.rule))
                 continue
             try:
                 non_finite = count_non_finite(x)
-                stages, note = plan(info, x, opts, non_finite)
+                stages, note = plan(info, x, tensor_opts, non_finite)
                 blocks = encode(x, stages)
                 y = decode(blocks, stages, info)
                 errors = measure(x, y, any(s.lossy for s in stages))
             except ModelpressError as e:
                 e.at(path=src, tensor=info.name)
                 raise
-            writer.add(info, stages, blocks)
+            writer.add(info, stages, blocks, tensor_opts.rule)
             row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages),
                             _bits(stages, x),
                             _zero_fraction(y), info.n_bytes,
                             sum(block.length for block, _ in blocks.values()), info.size,
-                            errors, note, non_finite)
+                            errors, note, non_finite, tensor_opts.rule)
             rows.append(row)
             seen[digest] = row
         writer.close()
@@ -192,7 +231,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
             tensors.append({"name": info.name, "shape": list(info.shape), "dtype": info.dtype,
                             "method": entry.describe(),
                             "stages": [s.get_config() for s in entry.stages],
-                            "same_as": entry.same_as, "stored_bytes": stored,
+                            "same_as": entry.same_as, "rule": entry.rule, "stored_bytes": stored,
                             "bits_per_weight": round(8 * stored / info.size, 4)
                             if info.size else 0.0})
         size = path.stat().st_size

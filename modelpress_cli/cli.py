@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from . import __version__, api
 from .atomic import atomic_output, check_output
-from .errors import ModelpressError
+from .errors import MetricDropError, ModelpressError
 from .pipeline import DEFAULT_GROUP_SIZE, DEFAULT_MIN_ELEMENTS
-from .report import human_bytes, render_index
+from .report import Report, human_bytes, render_index
 
 EXIT_CODES = """\b
-Exit status: 0 done, 1 failure (bad input, I/O, damaged file), 2 usage error."""
+Exit status: 0 done, 1 failure (bad input, I/O, damaged file), 2 usage error,
+3 task metric dropped more than --max-drop (the .mpz is still written)."""
 
 
 class GroupSize(click.ParamType):
@@ -78,7 +80,7 @@ def cli() -> None:
 @cli.command(epilog=EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--bits", type=click.IntRange(2, 16), default=None,
+@click.option("--bits", type=click.IntRange(2, 16), default=None,  # 9-15: Options says why
               help="2-8: integer codes with float16 scales; 16: cast to float16 (or --half). "
                    "Omit for lossless compression only.")
 @click.option("--group-size", type=GroupSize(), default=DEFAULT_GROUP_SIZE, show_default=True,
@@ -88,37 +90,63 @@ def cli() -> None:
               help="Affine adds a zero point per group: better for skewed groups.")
 @click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               metavar="F", help="Zero this fraction of the smallest weights of each tensor.")
+@click.option("--nm", metavar="N:M", default=None,
+              help="Structured sparsity: keep N of every M values along the last axis (2:4 is "
+                   "what sparse tensor cores run).")
 @click.option("--half", type=click.Choice(["float16", "bfloat16"]), default=None,
               help="With --bits 16: the 16-bit type (default float16).")
 @click.option("--min-elements", type=click.IntRange(0), default=DEFAULT_MIN_ELEMENTS,
               show_default=True, help="Smaller tensors stay lossless.")
 @click.option("--quantize-1d", is_flag=True,
               help="Also quantize 1-D tensors (biases, norms); they stay lossless by default.")
+@click.option("--config", "recipe", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="RECIPE.toml",
+              help="Per-tensor options: [defaults] and [[rules]] matched on tensor names "
+                   "(docs/recipes/). Flags given here override its defaults, never its rules.")
+@click.option("--eval", "eval_command", metavar="'CMD {weights}'",
+              help="Run CMD on SRC and on the round trip (a temporary copy in SRC's format) "
+                   "and report the model's metric: the last number CMD prints.")
+@click.option("--eval-key", metavar="KEY", help="Read the metric from KEY of a JSON line.")
+@click.option("--max-drop", type=float, metavar="D",
+              help="Exit with status 3 if the metric drops by more than D (DST is kept).")
+@click.option("--lower-is-better", is_flag=True, help="The metric is a loss or perplexity.")
 @click.option("--report-json", type=click.Path(path_type=Path, dir_okay=False,
                                                allow_dash=True), metavar="PATH|-",
               help="Write the report as JSON to PATH, or to stdout with '-'.")
 @click.option("--all", "all_rows", is_flag=True, help="List every tensor in the table.")
 @click.option("--force", is_flag=True, help="Overwrite DST (and the JSON report) if they exist.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def compress(src: Path, dst: Path, bits: int | None, group_size: int | str, symmetric: bool,
-             prune: float, half: str | None, min_elements: int, quantize_1d: bool,
-             report_json: Path | None, all_rows: bool, force: bool, quiet: bool) -> None:
+def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None,
+             eval_key: str | None, max_drop: float | None, lower_is_better: bool,
+             report_json: Path | None, all_rows: bool, force: bool, quiet: bool,
+             **options) -> None:
     """Compress SRC (.npz, .h5, .safetensors) into DST (.mpz) and report size and error."""
-    if bits is not None and 8 < bits < 16:
-        raise click.BadParameter("must be 2 to 8, or 16", param_hint="--bits")
-    if half is not None and bits != 16:
+    if options["half"] is not None and options["bits"] != 16 and recipe is None:
         raise click.BadParameter("only applies with --bits 16", param_hint="--half")
+    ctx = click.get_current_context()
+    given = {name: value for name, value in options.items()  # so a recipe's defaults apply
+             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     to_file = report_json is not None and str(report_json) != "-"
     if to_file:  # refuse a bad report path before the work, not after it
         if report_json.resolve() == dst.resolve():
             raise click.BadParameter("must differ from DST", param_hint="--report-json")
         check_output(report_json, force=force, inputs=(src,))
-    report = api.compress(src, dst, force=force, bits=bits, group_size=group_size,
-                          symmetric=symmetric, prune=prune, half=half or "float16",
-                          min_elements=min_elements, quantize_1d=quantize_1d)
+    try:
+        report = api.compress(src, dst, force=force, recipe=recipe, eval_command=eval_command,
+                              eval_key=eval_key, lower_is_better=lower_is_better,
+                              max_drop=max_drop, **given)
+    except MetricDropError as e:  # show what was measured, then exit 3
+        _show(e.report, report_json, all_rows, force, quiet)
+        raise
+    _show(report, report_json, all_rows, force, quiet)
+
+
+def _show(report: Report, report_json: Path | None, all_rows: bool, force: bool,
+          quiet: bool) -> None:
+    """Warnings to stderr; the JSON report to its file or stdout; the table to stdout."""
     _warn(report.warnings, quiet)
-    if to_file:
-        with atomic_output(report_json, force=force, inputs=(src,)) as tmp:
+    if report_json is not None and str(report_json) != "-":
+        with atomic_output(report_json, force=force, inputs=(Path(report.input),)) as tmp:
             tmp.write_text(report.to_json_text() + "\n")
     elif report_json is not None:
         click.echo(report.to_json_text())

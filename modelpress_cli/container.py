@@ -110,18 +110,18 @@ class MpzWriter:
         return offset
 
     def add(self, info: TensorInfo, stages: list[Stage],
-            blocks: dict[str, tuple[Block, bytes | memoryview]]) -> None:
+            blocks: dict[str, tuple[Block, bytes | memoryview]], rule: str | None = None) -> None:
         """Write one tensor's encoded blocks and remember where they went."""
         placed = {}
         for part, (block, payload) in blocks.items():
             offset = self._write_aligned(payload)
             placed[part] = {**block.to_json(), "offset": offset}
-        self._entries.append({**_tensor_json(info), "stages": [s.get_config() for s in stages],
-                              "blocks": placed})
+        self._entries.append({**_tensor_json(info, rule), "blocks": placed,
+                              "stages": [s.get_config() for s in stages]})
 
-    def add_alias(self, info: TensorInfo, same_as: str) -> None:
+    def add_alias(self, info: TensorInfo, same_as: str, rule: str | None = None) -> None:
         """Record a tensor identical to one already written (tied weights): no data."""
-        self._entries.append({**_tensor_json(info), "same_as": same_as})
+        self._entries.append({**_tensor_json(info, rule), "same_as": same_as})
 
     def close(self) -> int:
         """Write the index and footer; the file's final size."""
@@ -139,15 +139,24 @@ class MpzWriter:
         self._file.close()
 
 
+def _rule(raw: dict) -> str | None:
+    rule = raw.get("rule")
+    if rule is not None and not isinstance(rule, str):
+        raise FormatError(f"rule {rule!r} must be a string")
+    return rule
+
+
 def _is_key(value: Any, table) -> bool:
     """`value in table` for JSON values: a list or object is no key (and is unhashable)."""
     return isinstance(value, str) and value in table
 
 
-def _tensor_json(info: TensorInfo) -> dict[str, Any]:
+def _tensor_json(info: TensorInfo, rule: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
     if info.attrs:
         out["attrs"] = info.attrs
+    if rule is not None:
+        out["rule"] = rule
     return out
 
 
@@ -159,6 +168,7 @@ class Entry:
     stages: list[Stage]
     blocks: dict[str, Block]
     same_as: str | None
+    rule: str | None = None  # the recipe rule that chose its options (informational)
 
     @property
     def stored_bytes(self) -> int:
@@ -257,13 +267,14 @@ class MpzReader(ClosingReader):
                                                                             info.dtype):
                 raise FormatError(f"same_as {raw['same_as']!r} names no earlier tensor of the "
                                   "same shape and dtype")
-            return Entry(info, target.stages, target.blocks, raw["same_as"])
+            return Entry(info, target.stages, target.blocks, raw["same_as"], _rule(raw))
         stages = raw.get("stages")
         blocks = raw.get("blocks")
         if not isinstance(stages, list) or not isinstance(blocks, dict):
             raise FormatError("entry needs a stages list and a blocks object")
         entry = Entry(info, [stage_from_config(s) for s in stages],
-                      {part: self._parse_block(part, b) for part, b in blocks.items()}, None)
+                      {part: self._parse_block(part, b) for part, b in blocks.items()}, None,
+                      _rule(raw))
         if info.size > ELEMENTS_PER_BYTE * (entry.stored_bytes + 64):  # decode would allocate it
             raise FormatError(f"declares {info.size} elements from {entry.stored_bytes} stored "
                               "bytes: refused as a memory bomb")

@@ -47,3 +47,13 @@ class ConfigError(ModelpressError):
 
 class OutputExistsError(ModelpressError):
     """The output exists and --force was not given, or the output is the input."""
+
+
+class MetricDropError(ModelpressError):
+    """The compressed model's task metric dropped more than allowed; the .mpz is written."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, report, **where) -> None:
+        super().__init__(message, **where)
+        self.report = report  # so the caller can still show what was measured

@@ -10,7 +10,15 @@ import numpy as np
 from .container import Block, decode_block, encode_block
 from .errors import ConfigError, IntegrityError
 from .formats.base import DTYPES, FLOAT_DTYPES, TensorInfo
-from .stages import BytePlanes, HalfCast, MagnitudePrune, SparsePack, UniformQuantize
+from .stages import (
+    BytePlanes,
+    HalfCast,
+    MagnitudePrune,
+    SparsePack,
+    StructuredPack,
+    StructuredPrune,
+    UniformQuantize,
+)
 from .stages.base import Stage, decode_chain
 
 DEFAULT_GROUP_SIZE = 64
@@ -24,17 +32,23 @@ class Options:
     bits: 2–8 for integer codes, 16 for a float16/bfloat16 cast, None for lossless only.
     group_size: values per scale along the last axis, or "channel" / "tensor". 64 costs
       0.25 bit per weight in float16 scales, between llama.cpp's 32 and GPTQ's 128.
+    prune: magnitude pruning to this sparsity; nm: "N:M" structured sparsity instead.
     min_elements, quantize_1d: smaller tensors and 1-D ones (biases, norms) stay lossless,
       as llama.cpp and bitsandbytes keep them, unless asked otherwise.
+    keep, rule: set by a recipe rule (recipe.py): keep the tensor exact; the rule's label. A
+      tensor a rule matched is treated as asked for, whatever its size or rank.
     """
 
     bits: int | None = None
     group_size: int | str = DEFAULT_GROUP_SIZE
     symmetric: bool = True
     prune: float = 0.0
+    nm: str | None = None
     half: str = "float16"
     min_elements: int = DEFAULT_MIN_ELEMENTS
     quantize_1d: bool = False
+    keep: bool = False
+    rule: str | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None and self.bits not in (*range(2, 9), 16):
@@ -43,12 +57,25 @@ class Options:
             UniformQuantize(self.bits, self.group_size, self.symmetric)  # validates
         MagnitudePrune(self.prune)
         HalfCast(self.half)
-        if self.min_elements < 0:
-            raise ConfigError(f"--min-elements must be >= 0, got {self.min_elements}")
+        if not isinstance(self.min_elements, int) or self.min_elements < 0:
+            raise ConfigError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
+        if self.nm is not None:
+            StructuredPrune(*self.nm_pattern)
+            if self.prune:
+                raise ConfigError("choose either prune (a fraction) or nm (a pattern), not both")
+
+    @property
+    def nm_pattern(self) -> tuple[int, int]:
+        """("2:4") → (2, 4)."""
+        try:
+            n, m = (int(v) for v in str(self.nm).split(":"))
+        except ValueError:
+            raise ConfigError(f"nm must look like 2:4, got {self.nm!r}") from None
+        return n, m
 
     @property
     def lossy(self) -> bool:
-        return self.bits is not None or self.prune > 0
+        return not self.keep and (self.bits is not None or self.prune > 0 or self.nm is not None)
 
 
 def count_non_finite(x: np.ndarray) -> int:
@@ -63,18 +90,22 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
     """The stages for one tensor, and why it stays lossless when options asked otherwise."""
     lossless = [BytePlanes(info.dtype)]
     if not options.lossy:
-        return lossless, None
+        return lossless, "kept by rule" if options.keep else None
     if info.dtype not in FLOAT_DTYPES:
         return lossless, "integer/bool"
     if DTYPES[info.dtype].itemsize == 1:
         return lossless, "8-bit float"
-    if len(info.shape) < 2 and not options.quantize_1d:
+    if options.rule is None and len(info.shape) < 2 and not options.quantize_1d:
         return lossless, "1-D"
-    if info.size < max(options.min_elements, 1):
+    if options.rule is None and info.size < max(options.min_elements, 1):
         return lossless, f"< {options.min_elements} elements"
+    if options.nm and (not info.shape or info.shape[-1] % options.nm_pattern[1]):
+        return lossless, f"last axis not a multiple of {options.nm_pattern[1]}"
     stages: list[Stage] = []
     if options.prune > 0:
         stages.append(MagnitudePrune(options.prune))
+    if options.nm:
+        stages.append(StructuredPrune(*options.nm_pattern))
     part, values_dtype = "values", info.dtype
     if options.bits in range(2, 9):
         stages.append(UniformQuantize(options.bits, options.group_size, options.symmetric))
@@ -91,6 +122,8 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         return lossless, f"|values| ≥ {limit:.6g} kept exact"
     if options.prune > 0:
         stages.append(SparsePack(part))
+    if options.nm:
+        stages.append(StructuredPack(part, *options.nm_pattern))
     if part == "values":
         stages.append(BytePlanes(values_dtype))
     return stages, None

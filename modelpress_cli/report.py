@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .evaluate import TaskMetric
 from .pipeline import ErrorStats
 
 DEFAULT_ROWS = 30  # the largest and the worst tensors; --all shows every one
@@ -32,6 +33,7 @@ class TensorRow:
     errors: ErrorStats
     note: str | None = None
     non_finite: int = 0  # NaN and ±Inf entries, always kept exactly
+    rule: str | None = None  # the recipe rule that chose this tensor's options
 
     @property
     def bits_per_weight(self) -> float:
@@ -44,7 +46,7 @@ class TensorRow:
                 "bits_per_weight": round(self.bits_per_weight, 4),
                 "rel_error": _num(self.errors.rel_error), "sqnr_db": _num(self.errors.sqnr_db),
                 "max_abs_error": _num(self.errors.max_abs), "non_finite": self.non_finite,
-                "note": self.note}
+                "note": self.note, "rule": self.rule}
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Report:
     seconds: float
     rows: list[TensorRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    task_metric: TaskMetric | None = None  # set by the --eval gate
 
     @property
     def params(self) -> int:
@@ -91,7 +94,8 @@ class Report:
                            "max_abs_error": _num(errors.max_abs),
                            "non_finite": sum(r.non_finite for r in self.rows),
                            "seconds": round(self.seconds, 3)},
-                "tensors": [r.to_json() for r in self.rows], "warnings": self.warnings}
+                "tensors": [r.to_json() for r in self.rows], "warnings": self.warnings,
+                "task_metric": self.task_metric.to_json() if self.task_metric else None}
 
     def to_json_text(self) -> str:
         return json.dumps(self.to_json(), indent=2, allow_nan=False)
@@ -112,7 +116,8 @@ class Report:
             table.add_column(header, foot, justify="right" if numeric else "left",
                              overflow="fold", no_wrap=numeric)
         for row in shown:
-            method = row.method + (f" ({row.note})" if row.note else "")
+            method = row.method + (f" ({row.note})" if row.note else "") + (
+                f" [{row.rule}]" if row.rule else "")
             table.add_row(cell(row.name), "×".join(map(str, row.shape)) or "scalar", cell(method),
                           human_bytes(row.original_bytes), human_bytes(row.compressed_bytes),
                           f"{row.bits_per_weight:.2f}", f"{row.sparsity:.1%}",
@@ -124,6 +129,13 @@ class Report:
                           "(--all lists every one)")
         console.print(f"ratio {self.ratio:.2f}× · {self.bits_per_weight:.3f} bits per weight "
                       f"(everything counted) · {self.seconds:.2f} s")
+        if self.task_metric:
+            m = self.task_metric
+            verdict = "" if m.max_drop is None else (
+                f" · max drop {m.max_drop:g}: " + ("ok" if m.passed else "[bold red]FAILED[/]"))
+            console.print(f"task metric {m.original:.6g} → {m.compressed:.6g} (drop "
+                          f"{m.drop:.4g}{', lower is better' if m.lower_is_better else ''})"
+                          f"{verdict}")
 
 
 def _largest_and_worst(rows: list[TensorRow], limit: int) -> list[TensorRow]:
@@ -156,8 +168,9 @@ def render_index(facts: dict[str, Any], console: Console) -> None:
         table.add_column(header, justify="right" if header in ("stored", "bits/w") else "left",
                          overflow="fold")
     for t in facts["tensors"]:
+        method = t["method"] + (f" [{t['rule']}]" if t.get("rule") else "")
         table.add_row(cell(t["name"]), "×".join(map(str, t["shape"])) or "scalar", t["dtype"],
-                      cell(t["method"]), human_bytes(t["stored_bytes"]),
+                      cell(method), human_bytes(t["stored_bytes"]),
                       f"{t['bits_per_weight']:.2f}")
     console.print(table)
 

@@ -20,12 +20,15 @@ from modelpress_cli.stages import (
     HalfCast,
     MagnitudePrune,
     SparsePack,
+    StructuredPack,
+    StructuredPrune,
     UniformQuantize,
     stage_from_config,
 )
 
 EXAMPLES = [MagnitudePrune(0.5), UniformQuantize(4, 32, False), UniformQuantize(8, "channel"),
-            HalfCast("bfloat16"), SparsePack("values"), BytePlanes("float16")]
+            HalfCast("bfloat16"), SparsePack("values"), BytePlanes("float16"),
+            StructuredPrune(2, 4), StructuredPack("codes", 1, 8)]
 
 
 def float_tensors(max_dims: int = 4):
@@ -135,3 +138,31 @@ def test_config_is_json_and_rebuilds_the_same_stage(stage):
 def test_bad_stage_configs_are_format_errors(config, message):
     with pytest.raises(FormatError, match=message):
         stage_from_config(config)
+
+
+@given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5).map(lambda k: 4 * k)),
+                    elements=st.floats(-10, 10, width=32)),
+       bits=st.sampled_from([None, 3, 8]))
+def test_two_of_four_keeps_the_two_largest_of_every_run_exactly(x, bits):
+    stages = [StructuredPrune(2, 4)]
+    stages += [UniformQuantize(bits), StructuredPack("codes")] if bits else [
+        StructuredPack("values"), BytePlanes("float32")]
+    y = round_trip(x, stages)
+    runs_x, runs_y = x.reshape(-1, 4), y.reshape(-1, 4)
+    assert np.all(np.count_nonzero(runs_y, axis=1) <= 2)  # the pattern tensor cores need
+    kept = runs_y != 0
+    if bits is None:  # survivors bit-exact and no smaller than anything pruned
+        assert np.array_equal(runs_y[kept], runs_x[kept])
+        pruned_max = np.where(kept, 0, np.abs(runs_x)).max(axis=1)
+        kept_min = np.where(kept, np.abs(runs_x), np.inf).min(axis=1)
+        assert np.all((pruned_max <= kept_min) | ~kept.any(axis=1))
+
+
+@pytest.mark.parametrize(("bits", "limit_bpw"), [(8, 5.0), (4, 3.0)])
+def test_two_of_four_packs_to_two_bits_of_position_per_kept_value(bits, limit_bpw):
+    x = np.random.default_rng(0).normal(size=(512, 1024)).astype(np.float32)
+    stages = [StructuredPrune(2, 4), UniformQuantize(bits), StructuredPack("codes")]
+    blocks = encode(x, stages)
+    assert blocks["positions"][0].bits == 2 and blocks["positions"][0].shape == (x.size // 4, 2)
+    stored = sum(b.length for name, (b, _) in blocks.items() if name != "scales")
+    assert stored * 8 / x.size <= limit_bpw  # (bits + 2) / 2 per weight, before scales

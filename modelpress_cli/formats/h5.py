@@ -131,8 +131,11 @@ class H5Reader(ClosingReader):
                 if isinstance(obj, h5py.Group):
                     groups[name] = self._attrs(obj, name)
                     walk(obj, name + "/")
-                else:
+                elif isinstance(obj, h5py.Dataset):
                     infos[name] = self._describe(name, obj)
+                else:
+                    raise FormatError(f"{name!r} is a {type(obj).__name__}, not a group or "
+                                      "dataset; modelpress reads weights only", path=self.path)
 
         walk(self._file, "")
         return {"groups": groups}, infos

@@ -106,3 +106,53 @@ class BytePlanes(Stage):
 
     def describe(self) -> str:
         return ""  # the plain lossless layout: reports say "lossless" when nothing else ran
+
+
+@register
+@dataclass(frozen=True)
+class StructuredPack(Stage):
+    """Store an N:M-sparse part as its n kept entries per run of m, plus their positions.
+
+    Positions take ceil(log2 m) bits each (2 bits for 2:4), instead of a bit per entry; the
+    part becomes shape (runs, n), `positions` the same shape, ascending within a run.
+    """
+
+    stage_id: ClassVar[str] = "pack.nm"
+    lossy: ClassVar[bool] = False
+    part: str = "codes"
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if self.part not in ("codes", "values") or not 1 <= self.n < self.m <= 16:
+            raise ConfigError(f"N:M pack needs part codes/values and 1 <= N < M <= 16, got "
+                              f"{self.part!r} {self.n}:{self.m}")
+
+    def encode(self, parts: Parts) -> Parts:
+        runs = parts[self.part].reshape(-1, self.m)
+        # Non-zero entries first (stable: earlier positions win ties), then ascending order.
+        keep = np.sort(np.argsort(runs == 0, axis=1, kind="stable")[:, :self.n], axis=1)
+        kept = np.take_along_axis(runs, keep, axis=1)
+        if np.count_nonzero(runs) != np.count_nonzero(kept):
+            raise ConfigError(f"more than {self.n} non-zeros in a run of {self.m}: prune with "
+                              f"the {self.n}:{self.m} pattern first")
+        return {**parts, self.part: kept, "positions": keep.astype(np.uint8)}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        require(parts, self.part, "positions", stage=self.stage_id)
+        kept, positions = parts[self.part], parts["positions"]
+        runs = prod(shape) // self.m
+        if prod(shape) % self.m or kept.size != runs * self.n or positions.shape != (
+                runs, self.n) or positions.max(initial=0) >= self.m:
+            raise IntegrityError(f"{self.n}:{self.m} blocks do not fit shape {list(shape)}")
+        kept = kept.reshape(runs, self.n)  # byte planes hand kept values back flat
+        dense = np.zeros((runs, self.m), dtype=kept.dtype)
+        np.put_along_axis(dense, positions.astype(np.intp), kept, axis=1)
+        out = {k: v for k, v in parts.items() if k != "positions"}
+        return {**out, self.part: dense.reshape(shape)}
+
+    def part_bits(self) -> dict[str, int]:
+        return {"positions": max(1, (self.m - 1).bit_length())}
+
+    def describe(self) -> str:
+        return ""  # the pruning stage already says "2:4 sparse"

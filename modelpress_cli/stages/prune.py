@@ -39,3 +39,35 @@ class MagnitudePrune(Stage):
 
     def describe(self) -> str:
         return f"prune {self.sparsity:.0%}"
+
+
+@register
+@dataclass(frozen=True)
+class StructuredPrune(Stage):
+    """N:M sparsity: in every run of `m` values along the last axis, keep the `n` largest.
+
+    The pattern sparse tensor cores accelerate (2:4 on NVIDIA Ampere and later). The last axis
+    must be a multiple of `m`; the planner keeps other tensors exact.
+    """
+
+    stage_id: ClassVar[str] = "prune.nm"
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and not isinstance(
+                self.n, bool) and 1 <= self.n < self.m <= 16):
+            raise ConfigError(f"N:M pattern needs 1 <= N < M <= 16, got {self.n}:{self.m}")
+
+    def encode(self, parts: Parts) -> Parts:
+        x = parts["values"]
+        runs = x.reshape(-1, self.m).copy()
+        drop = np.argpartition(np.abs(runs), self.m - self.n - 1, axis=1)[:, :self.m - self.n]
+        np.put_along_axis(runs, drop, 0, axis=1)
+        return {**parts, "values": runs.reshape(x.shape)}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        return parts  # lossy by design: the zeros travel as ordinary values
+
+    def describe(self) -> str:
+        return f"{self.n}:{self.m} sparse"

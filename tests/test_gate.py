@@ -1,0 +1,95 @@
+"""The task-metric gate: passes, fails with exit 3, reports both values, cleans up."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+
+import pytest
+from conftest import SAMPLES
+
+from modelpress_cli.cli import cli
+
+MLP = SAMPLES / "digits_mlp.h5"
+EVAL = f"{sys.executable} {SAMPLES / 'eval_digits.py'} {{weights}}"
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Point tempfile at a folder of our own, to prove the gate leaves nothing there."""
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_the_gate_passes_and_reports_both_values(runner, tmp_path, private_tmp):
+    result = runner.invoke(cli, ["compress", str(MLP), str(tmp_path / "m.mpz"), "--bits", "8",
+                                 "--eval", EVAL, "--max-drop", "0.5", "--report-json", "-"])
+    assert result.exit_code == 0, result.stderr
+    metric = json.loads(result.stdout)["task_metric"]
+    assert metric["original"] == 97.56 and abs(metric["drop"]) <= 0.5 and metric["passed"]
+    assert metric["drop"] == pytest.approx(metric["original"] - metric["compressed"])
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_recipe_that_destroys_the_model_exits_3_and_keeps_the_mpz(runner, tmp_path,
+                                                                    private_tmp):
+    recipe = tmp_path / "destroy.toml"
+    recipe.write_text('[defaults]\nbits = 2\ngroup_size = "tensor"\n\n'
+                      '[[rules]]\nmatch = "*"\nbits = 2\ngroup_size = "tensor"\n')
+    dst = tmp_path / "m.mpz"
+    result = runner.invoke(cli, ["compress", str(MLP), str(dst), "--config", str(recipe),
+                                 "--eval", EVAL, "--max-drop", "0.5"])
+    assert result.exit_code == 3
+    assert "task metric 97.56 → " in result.stdout and "FAILED" in result.stdout
+    assert result.stderr.startswith(f"Error: {dst}: task metric dropped by ")
+    assert "(97.56 → " in result.stderr and "still written" in result.stderr
+    assert dst.exists() and list(private_tmp.iterdir()) == []
+    assert runner.invoke(cli, ["verify", str(dst)]).exit_code == 0
+
+
+def test_lower_is_better_and_a_json_key(runner, tmp_path, private_tmp):
+    script = tmp_path / "loss.py"
+    script.write_text("import json, sys, numpy as np\n"
+                      "w = np.load(sys.argv[1])['w']\n"
+                      "print('noise 123')\n"
+                      "print(json.dumps({'loss': float(np.abs(w - 1).mean()), 'n': 7}))\n")
+    src = tmp_path / "m.npz"
+    import numpy as np
+    np.savez(src, w=np.random.default_rng(0).normal(1, 0.1, (64, 64)).astype(np.float32))
+    result = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--bits", "2",
+                                 "--eval", f"{sys.executable} {script} {{weights}}",
+                                 "--eval-key", "loss", "--lower-is-better", "--max-drop", "1e-6",
+                                 "--report-json", str(tmp_path / "r.json")])
+    assert result.exit_code == 3
+    metric = json.loads((tmp_path / "r.json").read_text())["task_metric"]
+    assert metric["lower_is_better"] and metric["compressed"] > metric["original"]
+    assert metric["drop"] == pytest.approx(metric["compressed"] - metric["original"])
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (f"{sys.executable} -c 'import sys; sys.exit(\"no such model\")' {{weights}}",
+     "--eval command failed on the original weights (exit 1): no such model"),
+    ("echo no digits here {weights} | tr -d 0-9", "printed no number for the original"),
+    ("true {weights}", "printed no number for the original weights"),
+])
+def test_a_failing_eval_command_is_a_clean_error_and_writes_nothing(runner, tmp_path,
+                                                                   private_tmp, command,
+                                                                   message):
+    dst = tmp_path / "m.mpz"
+    result = runner.invoke(cli, ["compress", str(MLP), str(dst), "--bits", "8", "--eval",
+                                 command])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert not dst.exists() and list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--eval", "python eval.py"], "must contain {weights}"),
+    (["--max-drop", "0.5"], "--max-drop needs --eval"),
+])
+def test_gate_usage_errors(runner, tmp_path, args, message):
+    result = runner.invoke(cli, ["compress", str(MLP), str(tmp_path / "m.mpz"), *args])
+    assert result.exit_code == 2 and message in result.stderr
