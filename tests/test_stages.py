@@ -163,6 +163,7 @@ def test_two_of_four_packs_to_two_bits_of_position_per_kept_value(bits, limit_bp
     x = np.random.default_rng(0).normal(size=(512, 1024)).astype(np.float32)
     stages = [StructuredPrune(2, 4), UniformQuantize(bits), StructuredPack("codes")]
     blocks = encode(x, stages)
-    assert blocks["positions"][0].bits == 2 and blocks["positions"][0].shape == (x.size // 4, 2)
+    positions = blocks["positions"][0]
+    assert positions.bits == 2 and positions.shape == (x.size // 4, 2)
     stored = sum(b.length for name, (b, _) in blocks.items() if name != "scales")
     assert stored * 8 / x.size <= limit_bpw  # (bits + 2) / 2 per weight, before scales
