@@ -140,8 +140,10 @@ def test_bad_stage_configs_are_format_errors(config, message):
         stage_from_config(config)
 
 
-@given(x=hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 5).map(lambda k: 4 * k)),
-                    elements=st.floats(-10, 10, width=32)),
+RUNS_OF_FOUR = st.tuples(st.integers(1, 6), st.integers(1, 5).map(lambda k: 4 * k))
+
+
+@given(x=hnp.arrays(np.float32, RUNS_OF_FOUR, elements=st.floats(-10, 10, width=32)),
        bits=st.sampled_from([None, 3, 8]))
 def test_two_of_four_keeps_the_two_largest_of_every_run_exactly(x, bits):
     stages = [StructuredPrune(2, 4)]
