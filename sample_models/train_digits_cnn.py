@@ -4,7 +4,7 @@ A convolutional counterpart to the digits MLP: 4-D conv kernels in Keras HWIO la
 modelpress tensors of another shape to compress, and eval_digits_cnn.py checks the result.
 Uses the same test split (digits_test.npz) as train_digits_mlp.py. torch and scikit-learn are
 needed here only, never by the evaluation. Re-running is deterministic: fixed split, fixed seed,
-two threads and deterministic torch algorithms.
+one thread and deterministic torch algorithms.
 
 Usage: python sample_models/train_digits_cnn.py
 """
@@ -140,7 +140,8 @@ def save_h5(path: Path, tensors: dict[str, tuple[np.ndarray, np.ndarray]]) -> No
 def main() -> None:
     """Train, then write the three weight files next to this script (digits_test.npz is reused)."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    # One thread: the tensors are so small that a second thread only adds sync overhead.
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     model, x_test, y_test = train()

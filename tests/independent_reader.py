@@ -261,6 +261,46 @@ def _prune(parts, params, shape, dtype):
         raise ValueError(f"prune.magnitude: bad sparsity {s!r}")
 
 
+def _nm_params(params, stage: str) -> tuple[int, int]:
+    """The (n, m) of an N:M stage: integers with 1 <= n < m <= 16."""
+    n, m = params.get("n"), params.get("m")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, m)) or not (
+        1 <= n < m <= 16
+    ):
+        raise ValueError(f"{stage}: need integers 1 <= n < m <= 16, got n={n!r}, m={m!r}")
+    return n, m
+
+
+def _pack_nm(parts, params, shape, dtype):
+    """Scatter n kept entries per run of m (at `positions`) into a zero array of `shape`."""
+    p = params.get("part")
+    if p not in ("codes", "values"):
+        raise ValueError(f"pack.nm: part must be 'codes' or 'values', got {p!r}")
+    n, m = _nm_params(params, "pack.nm")
+    size = math.prod(shape)
+    if size % m:
+        raise ValueError(f"pack.nm: {size} entries of shape {shape} are not a multiple of m={m}")
+    runs = size // m
+    positions = _pop(parts, "positions", "pack.nm")
+    kept = _pop(parts, p, "pack.nm")
+    if positions.dtype != np.uint8 or positions.shape != (runs, n):
+        raise ValueError(f"pack.nm: positions must be uint8 [{runs}, {n}], got {positions.shape}")
+    if kept.shape not in ((runs, n), (runs * n,)):
+        raise ValueError(f"pack.nm: {p} must be [{runs}, {n}] or flat, got {kept.shape}")
+    if positions.size and int(positions.max()) >= m:
+        raise ValueError(f"pack.nm: position {int(positions.max())} out of range 0..{m - 1}")
+    if n > 1 and np.any(np.diff(positions.astype(np.int16), axis=1) <= 0):
+        raise ValueError("pack.nm: positions within a run must be strictly ascending")
+    out = np.zeros((runs, m), kept.dtype)
+    out[np.arange(runs)[:, None], positions] = kept.reshape(runs, n)
+    parts[p] = out.reshape(shape)
+
+
+def _prune_nm(parts, params, shape, dtype):
+    """prune.nm: zeroing needs no undoing."""
+    _nm_params(params, "prune.nm")
+
+
 def _half(parts, params, shape, dtype):
     """quantize.half: values (float16/bfloat16) converted to the tensor's dtype."""
     to = params.get("to")
@@ -324,8 +364,10 @@ def _uniform(parts, params, shape, dtype):
 
 STAGES = {
     "pack.byteplanes": _byteplanes,
+    "pack.nm": _pack_nm,
     "pack.sparse": _sparse,
     "prune.magnitude": _prune,
+    "prune.nm": _prune_nm,
     "quantize.half": _half,
     "quantize.uniform": _uniform,
 }
@@ -334,11 +376,29 @@ STAGES = {
 # --------------------------------------------------------------------------- tensors
 
 
+def _check_positions_bits(entry: dict) -> None:
+    """pack.nm: the `positions` block is stored with `bits: ceil(log2 m)` (spec "pack.nm")."""
+    for stage in entry["stages"]:
+        if isinstance(stage, dict) and stage.get("id") == "pack.nm":
+            _, m = _nm_params(stage, "pack.nm")
+            block = entry["blocks"].get("positions")
+            bits = block.get("bits") if isinstance(block, dict) else None
+            if block is not None and bits != (m - 1).bit_length():
+                raise ValueError(
+                    f"{entry['name']}/positions: stored with bits {bits!r}, "
+                    f"pack.nm with m={m} needs {(m - 1).bit_length()}"
+                )
+
+
 def _decode(data: bytes, entry: dict) -> np.ndarray:
-    """Read all blocks into parts, undo the stages last to first, check and reshape `values`."""
+    """Read all blocks into parts, undo the stages last to first, check and reshape `values`.
+
+    Keys of the entry that decoding does not need (`attrs`, the informational `rule`) are
+    ignored."""
     name = entry["name"]
     shape = _shape(entry.get("shape"), name)
     dtype = _dtype(entry.get("dtype"), name)
+    _check_positions_bits(entry)
     parts = {k: _read_block(data, b, f"{name}/{k}") for k, b in entry["blocks"].items()}
     for stage in reversed(entry["stages"]):
         sid = stage.get("id") if isinstance(stage, dict) else None

@@ -172,3 +172,19 @@ def test_any_numeric_tensors_round_trip_bit_exactly(tmp_path_factory, arrays, ta
         if a.dtype.kind != "f" or a.ndim < 2 or not np.isfinite(a).all() \
                 or np.abs(a).max(initial=0) >= 65504:
             assert b.tobytes() == a.tobytes()  # lossless path: bit-exact, NaN and -0.0 too
+
+
+def test_h5_chunking_and_compression_are_rebuilt(tmp_path):
+    path = tmp_path / "gz.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("a/w", data=np.zeros((256, 256), np.float32), chunks=(64, 64),
+                         compression="gzip", compression_opts=6, shuffle=True)
+        f.create_dataset("plain", data=np.arange(10))
+    mp.compress(path, tmp_path / "m.mpz")
+    mp.decompress(tmp_path / "m.mpz", tmp_path / "back.h5")
+    with h5py.File(tmp_path / "back.h5") as f:
+        w = f["a/w"]
+        assert (w.chunks, w.compression, w.compression_opts, w.shuffle) == (
+            (64, 64), "gzip", 6, True)
+        assert f["plain"].chunks is None and f["plain"].compression is None
+    assert (tmp_path / "back.h5").stat().st_size < 2 * path.stat().st_size

@@ -138,7 +138,9 @@ class H5Reader(ClosingReader):
                                       "dataset; modelpress reads weights only", path=self.path)
 
         walk(self._file, "")
-        return {"groups": groups}, infos
+        storage = {name: layout for name in infos
+                   if (layout := _storage(self._file[name]))}
+        return {"groups": groups, **({"storage": storage} if storage else {})}, infos
 
     def _describe(self, name: str, ds: h5py.Dataset) -> TensorInfo:
         if ds.is_virtual or ds.external:
@@ -179,6 +181,9 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
     widened = widen_for_numpy(reader, ".h5", warn)
     with h5py.File(path, "w", track_order=True) as f:
         groups = reader.metadata.get("groups", {}) if reader.format == "h5" else {}
+        storage = reader.metadata.get("storage", {}) if reader.format == "h5" else {}
+        if not isinstance(storage, dict):
+            raise FormatError("source storage must map dataset names to layouts")
         if not isinstance(groups, dict) or not all(isinstance(a, dict) for a in groups.values()):
             raise FormatError("source groups must map group paths to attribute records")
         for name, attrs in groups.items():
@@ -194,7 +199,8 @@ def write_h5(path: str | os.PathLike, reader: TensorReader,
                 array = array.astype(np.float32)
             try:
                 parent, _, leaf = info.name.rpartition("/")
-                ds = (_ordered_group(f, parent) if parent else f).create_dataset(leaf, data=array)
+                ds = (_ordered_group(f, parent) if parent else f).create_dataset(
+                    leaf, data=array, **_storage_options(storage.get(info.name), array))
             except (ValueError, TypeError) as e:
                 raise FormatError(f"cannot be an HDF5 dataset name ({e})",
                                   tensor=info.name) from None
@@ -216,3 +222,39 @@ def _ordered_group(f: h5py.File, path: str) -> h5py.Group:
             raise FormatError(f"{group.name!r} is a dataset, so it cannot also be a group "
                               f"holding {path!r}: write .npz or .safetensors instead")
     return group
+
+
+def _storage(ds: h5py.Dataset) -> dict[str, Any]:
+    """How a dataset is stored (chunks, filters), so a rebuilt file is stored the same way."""
+    layout: dict[str, Any] = {}
+    if ds.chunks:
+        layout["chunks"] = list(ds.chunks)
+    if ds.compression in ("gzip", "lzf"):
+        layout["compression"] = ds.compression
+        if ds.compression_opts is not None:
+            layout["compression_opts"] = ds.compression_opts
+    if ds.shuffle:
+        layout["shuffle"] = True
+    return layout
+
+
+def _storage_options(layout: Any, array: np.ndarray) -> dict[str, Any]:
+    """create_dataset keywords for a recorded layout; FormatError if the record is bad."""
+    if not layout:
+        return {}
+    ok = isinstance(layout, dict) and set(layout) <= {"chunks", "compression",
+                                                       "compression_opts", "shuffle"}
+    chunks = layout.get("chunks") if ok else None
+    if chunks is not None and not (isinstance(chunks, list) and len(chunks) == array.ndim
+                                   and all(isinstance(c, int) and c > 0 for c in chunks)):
+        ok = False
+    if ok and layout.get("compression") not in (None, "gzip", "lzf"):
+        ok = False
+    opts = layout.get("compression_opts") if ok else None
+    if opts is not None and not (isinstance(opts, int) and 0 <= opts <= 9):
+        ok = False
+    if not ok:
+        raise FormatError(f"storage record {str(layout)[:80]!r} is malformed")
+    return {"chunks": tuple(chunks) if chunks else None,
+            "compression": layout.get("compression"), "compression_opts": opts,
+            "shuffle": bool(layout.get("shuffle"))}
