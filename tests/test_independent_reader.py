@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import h5py
@@ -252,3 +254,216 @@ def test_reader_rejects_damaged_files(tmp_path):
     bad.write_bytes(bytes(newer))
     with pytest.raises(ValueError, match="version 2"):
         ir.read_index(bad)
+
+
+# --------------------------------------------------------------------------- N:M sparsity
+
+
+def _assert_nm(values: np.ndarray, n: int, m: int) -> None:
+    """Every run of m consecutive values along the last axis has at most n non-zeros."""
+    assert values.shape[-1] % m == 0
+    runs = values.reshape(-1, m)
+    assert int(np.count_nonzero(runs, axis=1).max()) <= n
+
+
+def _nm_weights(shape, dtype=np.float32) -> np.ndarray:
+    """Weights with exact zeros, an all-zero row and a row with one non-zero per run of 16:
+    some runs then hold fewer than n non-zeros, so pack.nm keeps zeros too."""
+    w = _weights(shape)
+    w[1] = 0.0
+    w[2] = 0.0
+    w[2, ::16] = 1.5
+    return w.astype(dtype)
+
+
+NM_OPTIONS = [(None, True)] + [(b, s) for b in (3, 4, 8) for s in (True, False)]
+
+
+@pytest.mark.parametrize(
+    ("bits", "symmetric"),
+    NM_OPTIONS,
+    ids=["lossless"] + [f"{b}-{'sym' if s else 'affine'}" for b, s in NM_OPTIONS[1:]],
+)
+@pytest.mark.parametrize("nm", ["2:4", "1:4", "4:8"])
+def test_nm(tmp_path, nm, bits, symmetric):
+    """pack.nm over values (--nm alone) or codes (--nm with --bits), prune.nm decoded as a no-op."""
+    n, m = map(int, nm.split(":"))
+    w = _nm_weights((24, 64))
+    src = _npz(
+        tmp_path,
+        w=w,
+        h=_nm_weights((8, 32), np.float16),
+        t3=_nm_weights((3, 5, 16)),
+        odd=_weights((5, 6)),  # last axis not a multiple of m: no N:M for this one
+    )
+    dst = _compress(tmp_path, src, nm=nm, bits=bits, symmetric=symmetric, min_elements=0)
+    index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
+    for name in ("w", "h", "t3"):
+        entry = index[name]
+        ids = [s["id"] for s in entry["stages"]]
+        pack = {"id": "pack.nm", "part": "values" if bits is None else "codes", "n": n, "m": m}
+        assert entry["stages"][0] == {"id": "prune.nm", "n": n, "m": m}, name
+        if bits is None:
+            assert ids == ["prune.nm", "pack.nm", "pack.byteplanes"], name
+            assert entry["stages"][1] == pack
+            assert set(entry["blocks"]) == {"planes", "positions"}
+        else:
+            assert ids == ["prune.nm", "quantize.uniform", "pack.nm"], name
+            assert entry["stages"][2] == pack
+            assert set(entry["blocks"]) == {"codes", "scales", "positions"} | (
+                set() if symmetric else {"zeros"}
+            )
+            assert entry["blocks"]["codes"].get("bits") == (bits if bits < 8 else None)
+        runs = math.prod(entry["shape"]) // m
+        positions = entry["blocks"]["positions"]
+        assert (positions["dtype"], positions["shape"]) == ("uint8", [runs, n]), name
+        assert positions["bits"] == (m - 1).bit_length(), name
+    got = _assert_reader_matches(dst)
+    for name in ("w", "h", "t3"):
+        _assert_nm(got[name], n, m)
+    assert np.count_nonzero(got["w"][2]) == 64 // 16  # a sparse row keeps its non-zeros
+    if bits is None:  # lossless values path: kept entries are the original bits
+        assert np.all((got["w"] == 0) | (got["w"] == w))
+        # Row 0 has one exact zero in 7, so each of its runs has >= n non-zeros: n survive.
+        assert np.count_nonzero(got["w"][0]) == n * 64 // m
+
+
+@pytest.mark.parametrize("nm", ["1:2", "3:5", "7:8", "8:16", "15:16"])
+@pytest.mark.parametrize("bits", [None, 2, 5])
+def test_nm_widths(tmp_path, nm, bits):
+    """Positions of every width (1 to 4 bits), m not a power of two, n close to m."""
+    n, m = map(int, nm.split(":"))
+    src = _npz(tmp_path, w=_nm_weights((6, 80)))
+    dst = _compress(tmp_path, src, nm=nm, bits=bits, min_elements=0)
+    (entry,) = ir.read_index(dst)["tensors"]
+    assert entry["blocks"]["positions"]["bits"] == (m - 1).bit_length()
+    got = _assert_reader_matches(dst)
+    _assert_nm(got["w"], n, m)
+    positions = ir.read_blocks(dst, "w")["positions"]
+    assert positions.shape == (480 // m, n) and int(positions.max()) < m
+    assert np.all(np.diff(positions.astype(int), axis=1) > 0)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_nm_bits16(tmp_path, half):
+    """--nm with --bits 16 (a chain the spec's table does not list): still decodes alike."""
+    src = _npz(tmp_path, w=_nm_weights((12, 64)))
+    dst = _compress(tmp_path, src, nm="2:4", bits=16, half=half, min_elements=0)
+    (entry,) = ir.read_index(dst)["tensors"]
+    assert {"prune.nm", "pack.nm"} <= {s["id"] for s in entry["stages"]}
+    got = _assert_reader_matches(dst)
+    _assert_nm(got["w"], 2, 4)
+
+
+def test_recipe_rule_key(tmp_path):
+    """Tensors chosen by a recipe rule carry an informational `rule` key; it changes nothing."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[defaults]\nbits = 4\nmin_elements = 0\n\n[[rules]]\nmatch = "w*"\nbits = 8\n\n'
+        '[[rules]]\nmatch = "n*"\nnm = "2:4"\n'
+    )
+    w = _weights((6, 80))
+    src = _npz(tmp_path, w1=w, w2=_weights((3, 80)), nx=_weights((4, 64)), d=w * 2, t=w * 2)
+    dst = tmp_path / "out.mpz"
+    mp.compress(src, dst, recipe=recipe)
+    index = {t["name"]: t for t in ir.read_index(dst)["tensors"]}
+    assert {name for name, t in index.items() if "rule" in t} == {"w1", "w2", "nx"}
+    assert index["w1"]["stages"][0]["bits"] == 8 and index["d"]["stages"][0]["bits"] == 4
+    assert [s["id"] for s in index["nx"]["stages"]] == ["prune.nm", "quantize.uniform", "pack.nm"]
+    assert index["t"].get("same_as") == "d"
+    got = _assert_reader_matches(dst)
+    _assert_nm(got["nx"], 2, 4)
+    # `rule` is informational: any value, on any entry, is ignored by a reader.
+    odd = tmp_path / "odd.mpz"
+    _rewrite(dst, odd, "t", edit=lambda e: e.update(rule={"not": ["a", "string"]}))
+    assert ir.read_tensor(odd, "t").tobytes() == got["t"].tobytes()
+
+
+# --------------------------------------------------------------------------- damaged N:M files
+
+
+def _rewrite(good: Path, bad: Path, name: str, edit=None, **raw_blocks: bytes) -> None:
+    """Copy `good` to `bad` with tensor `name`'s blocks replaced by raw bytes (codec `none`,
+    appended after the data) and its entry then changed by `edit`; index and footer redone."""
+    data = good.read_bytes()
+    index_offset, index_length, _, version, magic = struct.unpack("<QQII8s", data[-32:])
+    index = json.loads(data[index_offset : index_offset + index_length])
+    entry = next(t for t in index["tensors"] if t["name"] == name)
+    body = bytearray(data[:index_offset])
+    for part, raw in raw_blocks.items():
+        body += bytes(-len(body) % 64)
+        block = entry["blocks"][part]
+        block.update(codec="none", offset=len(body), length=len(raw), crc32=zlib.crc32(raw))
+        body += raw
+    if edit is not None:
+        edit(entry)
+    text = json.dumps(index).encode()
+    footer = struct.pack("<QQII8s", len(body), len(text), zlib.crc32(text), version, magic)
+    bad.write_bytes(bytes(body) + text + footer)
+
+
+def _pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """LSB-first bit packing of small unsigned values (spec "Blocks", step 3)."""
+    v = values.reshape(-1).astype(np.uint16)
+    stream = ((v[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+def _stage(entry: dict, sid: str) -> dict:
+    return next(s for s in entry["stages"] if s["id"] == sid)
+
+
+def test_reader_rejects_bad_nm(tmp_path):
+    """pack.nm checks: positions in range, ascending, fitting shapes, widths; n and m."""
+    src = _npz(tmp_path, w=_nm_weights((8, 40)))
+    good = _compress(tmp_path, src, nm="3:5", bits=8, min_elements=0)  # codes: plain uint8
+    bad = tmp_path / "bad.mpz"
+    positions = ir.read_blocks(good, "w")["positions"]  # [64, 3], 3 bits each
+    codes = ir.read_blocks(good, "w")["codes"]
+    assert positions.shape == (64, 3) and codes.shape == (64, 3)
+    assert ir.read_tensor(good, "w").tobytes() == mp.load(good)["w"].tobytes()
+
+    def rejects(match, edit=None, **raw):
+        _rewrite(good, bad, "w", edit=edit, **raw)
+        with pytest.raises(ValueError, match=match):
+            ir.read_tensor(bad, "w")
+
+    _rewrite(good, bad, "w", positions=_pack_bits(positions, 3))  # untouched data: still fine
+    assert ir.read_tensor(bad, "w").tobytes() == ir.read_tensor(good, "w").tobytes()
+
+    p = positions.copy()
+    p[5, 2] = 5  # 3 bits can hold 5..7, but a run of 5 has positions 0..4
+    rejects("out of range", positions=_pack_bits(p, 3))
+    p = positions.copy()
+    p[7] = [0, 2, 2]
+    rejects("ascending", positions=_pack_bits(p, 3))
+    p = positions.copy()
+    p[7] = [3, 1, 0]
+    rejects("ascending", positions=_pack_bits(p, 3))
+
+    def positions_bits(bits):
+        return lambda e: e["blocks"]["positions"].update(bits=bits)
+
+    rejects("needs 3", positions_bits(4), positions=_pack_bits(positions, 4))
+
+    def shape(s):
+        return lambda e: e.update(shape=s)
+
+    rejects("not a multiple of m=5", shape([8, 39]))  # 312 entries
+    rejects(r"positions must be uint8 \[32, 3\]", shape([4, 40]))  # fits m, not the blocks
+
+    def codes_shape(s):
+        return lambda e: e["blocks"]["codes"].update(shape=s)
+
+    rejects(r"codes must be \[64, 3\] or flat", codes_shape([191]), codes=codes.tobytes()[:-1])
+    rejects(r"codes must be \[64, 3\] or flat", codes_shape([3, 64]))
+
+    def nm_param(sid, **kv):
+        return lambda e: _stage(e, sid).update(**kv)
+
+    rejects(r"pack.nm: need integers 1 <= n < m <= 16", nm_param("pack.nm", n=5))
+    rejects(r"pack.nm: need integers 1 <= n < m <= 16", nm_param("pack.nm", m=17))
+    rejects(r"pack.nm: need integers 1 <= n < m <= 16", nm_param("pack.nm", n=True))
+    rejects(r"prune.nm: need integers 1 <= n < m <= 16", nm_param("prune.nm", n=0))
+    rejects(r"pack.nm: part must be", nm_param("pack.nm", part="scales"))
+    rejects(r"missing part 'positions'", lambda e: e["blocks"].pop("positions"))
