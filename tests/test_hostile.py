@@ -321,3 +321,16 @@ def test_names_with_markup_or_control_characters_print_safely(tmp_path, runner):
     assert "\x1b" not in result.stdout and "nl\\nx" in result.stdout
     shown = runner.invoke(cli, ["inspect", str(tmp_path / "m.mpz")])
     assert shown.exit_code == 0 and "[/x]" in shown.stdout and "\x1b" not in shown.stdout
+
+
+def test_an_h5_file_that_sends_libhdf5_into_a_loop_is_refused_in_time(tmp_path, monkeypatch,
+                                                                      runner):
+    """Found by fuzzing: reading one of its attributes never returns inside libhdf5."""
+    from modelpress_cli.formats import h5 as h5_format
+    monkeypatch.setattr(h5_format, "WALK_SECONDS", 3.0)
+    src = Path(__file__).parent / "data" / "loops_libhdf5.h5"
+    started = time.monotonic()
+    result = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz")])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"Error: {src}: ") and "damaged" in result.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "m.mpz").exists()

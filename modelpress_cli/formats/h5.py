@@ -8,7 +8,11 @@ is what Keras' `layer_names` and `weight_names` are.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
+import signal
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,11 @@ from .base import (
 #: A dataset may hold less than it declares (unwritten chunks read as the fill value, or a
 #: compression filter); beyond 1 GiB, more than deflate's 1032:1 is refused as a memory bomb.
 MAX_UNBACKED_BYTES = 1 << 30
+#: Deadlines for the HDF5 child: the walk of groups and attributes, and each dataset's read
+#: (a base plus a rate far below any disk's, so only a stuck library misses them).
+WALK_SECONDS = 60.0
+READ_SECONDS = 60.0
+READ_BYTES_PER_SECOND = 20e6
 #: What h5py raises on a damaged file: the HDF5 library's errors surface as any of these.
 H5_DAMAGE = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 MAX_FILTER_RATIO = 1032
@@ -83,7 +92,110 @@ def _decode_attr(encoded: dict) -> Any:
 
 
 class H5Reader(ClosingReader):
-    """Walks the file once for groups, datasets and attributes; reads data on `read`."""
+    """Reads an HDF5 file through a child process that runs the HDF5 library.
+
+    Why: libhdf5 parses damaged files in C, where a Python signal cannot stop it, and some
+    damage makes it loop forever (a fuzzed variable-length string attribute did) or crash.
+    Behind a pipe, each answer has a deadline; a hang or a crash becomes a one-line
+    FormatError, and the parent never runs the library on the file at all.
+    """
+
+    format = "h5"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        context = multiprocessing.get_context("fork")  # inherits imports: starts in ~10 ms
+        self._conn, child_end = context.Pipe()
+        with warnings.catch_warnings():  # Python 3.12+ warns about fork with threads alive
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._child = context.Process(target=_serve, daemon=True,
+                                          args=(self.path, child_end, self._conn))
+            self._child.start()
+        child_end.close()
+        try:
+            self.metadata, infos = self._ask(("walk",), WALK_SECONDS)
+        except BaseException:
+            self.close()
+            raise
+        self._infos = {info.name: info for info in infos}
+
+    def _ask(self, request: tuple, seconds: float):
+        try:
+            self._conn.send(request)
+            if not self._conn.poll(seconds):
+                raise FormatError(f"the HDF5 library did not finish within {seconds:.0f} s; "
+                                  "the file is probably damaged", path=self.path)
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise FormatError("the HDF5 library crashed reading it; the file is damaged",
+                              path=self.path) from None
+        except FormatError:
+            self.close()
+            raise
+        if kind == "error":
+            message, tensor = payload
+            raise FormatError(message, path=self.path, tensor=tensor)
+        return payload
+
+    def infos(self) -> Iterator[TensorInfo]:
+        return iter(self._infos.values())
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._infos[name]
+        array = self._ask(("read", name), READ_SECONDS + info.n_bytes / READ_BYTES_PER_SECOND)
+        return checked(array, info, path=self.path)
+
+    def close(self) -> None:
+        if self._conn.closed:
+            return
+        if self._child.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(("close",))
+            self._child.join(1)
+            if self._child.is_alive():
+                self._child.kill()
+                self._child.join()
+        self._conn.close()
+
+
+def _serve(path: Path, conn, parent_end) -> None:
+    """The child: answer walk/read requests on one file until told to close."""
+    parent_end.close()  # else the parent's death would not reach us as end of file
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    source = None
+    try:
+        while True:
+            request = conn.recv()
+            try:
+                if request[0] == "walk":
+                    source = _H5File(path)
+                    conn.send(("ok", (source.metadata, list(source.infos()))))
+                elif request[0] == "read":
+                    conn.send(("ok", source.read(request[1])))
+                else:
+                    break
+            except FormatError as e:
+                conn.send(("error", (e.message, e.tensor)))
+            except H5_DAMAGE as e:
+                conn.send(("error", (f"damaged HDF5 file ({e})", None)))
+            except Exception as e:  # a bug here, not damage: say which, do not hide it
+                conn.send(("error", (f"internal error ({type(e).__name__}: {e}); please "
+                                     "report it", None)))
+    except EOFError:  # the parent went away
+        pass
+    finally:
+        if source is not None:
+            source.close()
+        conn.close()
+
+
+class _H5File(ClosingReader):
+    """Walks the file once for groups, datasets and attributes; reads data on `read`.
+
+    Runs inside H5Reader's child process.
+    """
 
     format = "h5"
 
@@ -168,8 +280,8 @@ class H5Reader(ClosingReader):
         try:
             array = np.asarray(self._file[name][()])
         except H5_DAMAGE as e:
-            raise FormatError(f"cannot read data ({e})", path=self.path, tensor=name) from None
-        return checked(array, info, path=self.path)
+            raise FormatError(f"cannot read data ({e})", tensor=name) from None
+        return checked(array, info)
 
     def close(self) -> None:
         self._file.close()
