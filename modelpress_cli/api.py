@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import time
@@ -113,9 +112,16 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
             rule = recipe.match(info.name) if recipe else None
             tensor_opts = rule.apply(opts) if rule else opts
             x = reader.read(info.name)
-            digest = (info.dtype, info.shape, dataclasses.replace(tensor_opts, rule=None),
+            try:
+                non_finite = count_non_finite(x)
+                stages, note = plan(info, x, tensor_opts, non_finite)
+            except ModelpressError as e:
+                e.at(path=src, tensor=info.name)
+                raise
+            # Tied weights: identical bytes under identical stages are stored once.
+            digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
                       hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
-            if digest in seen:  # tied weights: identical bytes, stored once
+            if digest in seen:
                 twin = seen[digest]
                 writer.add_alias(info, twin.name, tensor_opts.rule)
                 rows.append(TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}",
@@ -123,8 +129,6 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
                                       twin.errors, None, twin.non_finite, tensor_opts.rule))
                 continue
             try:
-                non_finite = count_non_finite(x)
-                stages, note = plan(info, x, tensor_opts, non_finite)
                 blocks = encode(x, stages)
                 y = decode(blocks, stages, info)
                 errors = measure(x, y, any(s.lossy for s in stages))

@@ -95,6 +95,9 @@ def cli() -> None:
                    "what sparse tensor cores run).")
 @click.option("--half", type=click.Choice(["float16", "bfloat16"]), default=None,
               help="With --bits 16: the 16-bit type (default float16).")
+@click.option("--embed-bits", type=click.IntRange(2, 8), default=8, show_default=True,
+              help="Least bits for embeddings and output heads (tok_emb, embed_tokens, wte, "
+                   "lm_head...), the tensors models are most sensitive to.")
 @click.option("--min-elements", type=click.IntRange(0), default=DEFAULT_MIN_ELEMENTS,
               show_default=True, help="Smaller tensors stay lossless.")
 @click.option("--quantize-1d", is_flag=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from math import prod
 
@@ -23,6 +24,9 @@ from .stages.base import Stage, decode_chain
 
 DEFAULT_GROUP_SIZE = 64
 DEFAULT_MIN_ELEMENTS = 4096
+#: Token/position embeddings and output heads, by the names common checkpoints give them.
+EMBEDDING = re.compile(r"(^|[./_])(embed\w*|emb|wte|wpe|lm_head)([./_:]|$)"
+                       r"|^(head|output)[./]weight$")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class Options:
     prune: magnitude pruning to this sparsity; nm: "N:M" structured sparsity instead.
     min_elements, quantize_1d: smaller tensors and 1-D ones (biases, norms) stay lossless,
       as llama.cpp and bitsandbytes keep them, unless asked otherwise.
+    embed_bits: embeddings and output heads (names like embed_tokens, wte, tok_emb, lm_head)
+      get at least this many bits: models are most sensitive there, which is why GPTQ and
+      bitsandbytes leave them unquantized and llama.cpp gives its output tensor 6 bits.
     keep, rule: set by a recipe rule (recipe.py): keep the tensor exact; the rule's label. A
       tensor a rule matched is treated as asked for, whatever its size or rank.
     """
@@ -47,6 +54,7 @@ class Options:
     half: str = "float16"
     min_elements: int = DEFAULT_MIN_ELEMENTS
     quantize_1d: bool = False
+    embed_bits: int = 8
     keep: bool = False
     rule: str | None = None
 
@@ -57,6 +65,8 @@ class Options:
             UniformQuantize(self.bits, self.group_size, self.symmetric)  # validates
         MagnitudePrune(self.prune)
         HalfCast(self.half)
+        if self.embed_bits not in range(2, 9):
+            raise ConfigError(f"--embed-bits must be 2 to 8, got {self.embed_bits!r}")
         if not isinstance(self.min_elements, int) or self.min_elements < 0:
             raise ConfigError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         if self.nm is not None:
@@ -108,7 +118,10 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         stages.append(StructuredPrune(*options.nm_pattern))
     part, values_dtype = "values", info.dtype
     if options.bits in range(2, 9):
-        stages.append(UniformQuantize(options.bits, options.group_size, options.symmetric))
+        bits = options.bits
+        if options.rule is None and EMBEDDING.search(info.name):
+            bits = max(bits, options.embed_bits)
+        stages.append(UniformQuantize(bits, options.group_size, options.symmetric))
         part = "codes"
     elif options.bits == 16 and DTYPES[info.dtype].itemsize > 2:
         stages.append(HalfCast(options.half))

@@ -35,7 +35,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 STAGE_KEYS = {"bits", "group_size", "symmetric", "prune", "nm", "half"}
-DEFAULT_KEYS = STAGE_KEYS | {"min_elements", "quantize_1d"}
+DEFAULT_KEYS = STAGE_KEYS | {"min_elements", "quantize_1d", "embed_bits"}
 RULE_KEYS = STAGE_KEYS | {"match", "keep"}
 
 

@@ -19,12 +19,12 @@ import numpy as np
 
 import modelpress_cli as mp
 from modelpress_cli.container import FOOTER
+from modelpress_cli.errors import ModelpressError
 from modelpress_cli.formats import h5 as h5_format
 
 # A damaged HDF5 file can send libhdf5 into an endless loop; the reader's child process then
 # misses its deadline. Fuzzing meets many such files: shorter deadlines keep the run short.
 h5_format.WALK_SECONDS = h5_format.READ_SECONDS = 5.0
-from modelpress_cli.errors import ModelpressError
 
 EXTREMES = [0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2 ** 63 - 1, 2 ** 64 - 1]
 

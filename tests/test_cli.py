@@ -149,3 +149,15 @@ def test_python_m_and_console_script_run_the_same_command(tmp_path):
 def test_every_command_has_help_with_exit_codes(runner, command):
     result = runner.invoke(cli, [command, "--help"])
     assert result.exit_code == 0 and "Exit status: 0 done, 1 failure" in result.stdout
+
+
+def test_embeddings_and_heads_get_eight_bits_unless_told_otherwise(runner, tiny_npz, tmp_path):
+    def methods(*flags):
+        result = runner.invoke(cli, ["compress", str(tiny_npz), str(tmp_path / "m.mpz"),
+                                     "--force", "--bits", "4", *flags, "--report-json", "-"])
+        return {r["name"]: r["method"] for r in json.loads(result.stdout)["tensors"]}
+
+    default = methods()
+    assert default["embed.weight"] == "q8 g64 sym" and default["layer0.kernel"] == "q4 g64 sym"
+    assert default["lm_head.weight"] == "tied to embed.weight"
+    assert methods("--embed-bits", "4")["embed.weight"] == "q4 g64 sym"

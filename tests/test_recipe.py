@@ -100,7 +100,7 @@ def test_tied_tensors_are_stored_once_only_when_treated_alike(tmp_path, src):
                             'keep = true\n')
     report = mp.compress(src, tmp_path / "m.mpz", recipe=path)
     got = methods(report)
-    assert got["embed.weight"][0] == "q4 g64 sym" and got["lm_head.weight"][0] == "lossless"
+    assert got["embed.weight"][0] == "q8 g64 sym" and got["lm_head.weight"][0] == "lossless"
     loaded = mp.load(tmp_path / "m.mpz")
     assert np.array_equal(loaded["lm_head.weight"], model()["lm_head.weight"])
 
