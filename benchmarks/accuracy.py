@@ -58,7 +58,7 @@ def main() -> None:
             change = m.compressed - m.original
             flags = " ".join(args + (["--lower-is-better"] if lower else []))
             print(f"| {label} | {report.ratio:.2f} | {report.bits_per_weight:.2f} | "
-                  f"{m.original:.2f} | {m.compressed:.2f} | {change:+.2f} | "
+                  f"{m.original:.4g} | {m.compressed:.4g} | {change:+.3f} | "
                   f"`modelpress compress {weights} m.mpz {flags} --eval '{command}'` |".replace(
                       "  ", " "))
 
