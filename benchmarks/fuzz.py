@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -69,8 +70,9 @@ def main() -> None:
     share = -(-opts.count // opts.workers)
     jobs = [(share, opts.seed * 1000 + w, opts.memory_gb, opts.seconds, opts.failures)
             for w in range(opts.workers)]
-    with multiprocessing.get_context("spawn").Pool(opts.workers) as pool:
-        results = pool.map(worker, jobs)
+    # Not multiprocessing.Pool: its workers are daemons, and the HDF5 reader starts a child.
+    with ProcessPoolExecutor(opts.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(worker, jobs))
     total = {k: sum(r[k] for r in results) for k in results[0]}
     print(f"{sum(total.values())} mutated inputs (7 seed files: 2 .npz, .h5, .safetensors, "
           f"3 .mpz): {total['ok']} decoded, {total['refused']} refused with a one-line error, "
