@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import model, write_npz
 
@@ -161,3 +162,19 @@ def test_embeddings_and_heads_get_eight_bits_unless_told_otherwise(runner, tiny_
     assert default["embed.weight"] == "q8 g64 sym" and default["layer0.kernel"] == "q4 g64 sym"
     assert default["lm_head.weight"] == "tied to embed.weight"
     assert methods("--embed-bits", "4")["embed.weight"] == "q4 g64 sym"
+
+
+def test_a_table_of_many_tensors_shows_the_largest_and_worst_and_counts_the_rest(runner,
+                                                                                tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {f"t{i:02d}": rng.normal(0, 1 + i, (64, 64 + i)).astype(np.float32)
+               for i in range(45)}
+    src = write_npz(tmp_path / "many.npz", tensors)
+    shown = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--bits", "4"])
+    rows = [n for n in tensors if f"│ {n} " in shown.stdout]
+    assert len(rows) == 30 and "… 15 more tensors not shown (--all lists every one)" in \
+        shown.stdout
+    assert "t44" in rows  # the largest
+    everything = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--bits",
+                                     "4", "--force", "--all"])
+    assert all(f"│ {n} " in everything.stdout for n in tensors)
