@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,13 +49,21 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     src, dst = Path(src), Path(dst)
     if recipe is not None and not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    opts = Options(**{**(recipe.defaults if recipe else {}), **options})
+    merged = {**(recipe.defaults if recipe else {}), **options}
+    if options.get("prune"):  # a fraction given here replaces the recipe's pattern, and back
+        merged["nm"] = options.get("nm")
+    if options.get("nm"):
+        merged["prune"] = options.get("prune", 0.0)
+    opts = Options(**merged)
     if src.suffix.lower() == ".mpz":
         raise ConfigError("is already an .mpz file; decompress it first", path=src)
     if dst.suffix.lower() != ".mpz":
         raise ConfigError("the compressed output must be named *.mpz", path=dst)
-    if max_drop is not None and eval_command is None:
-        raise ConfigError("--max-drop needs --eval (the command that measures the model)")
+    if eval_command is None and (max_drop is not None or eval_key or lower_is_better):
+        raise ConfigError("--max-drop, --eval-key and --lower-is-better need --eval (the "
+                          "command that measures the model)")
+    if max_drop is not None and not math.isfinite(max_drop):
+        raise ConfigError(f"--max-drop must be a finite number, got {max_drop}")
     check_output(dst, force=force, inputs=(src,))  # fail before the (maybe slow) evaluation
     original = None
     if eval_command is not None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -39,7 +43,7 @@ class TaskMetric:
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "original": self.original,
-                "compressed": self.compressed, "drop": round(self.drop, 10),
+                "compressed": self.compressed, "drop": round(self.drop, 10) + 0.0,
                 "lower_is_better": self.lower_is_better, "max_drop": self.max_drop,
                 "passed": self.passed}
 
@@ -53,19 +57,33 @@ def check_command(command: str) -> None:
 
 def run_metric(command: str, weights: Path, key: str | None, *, which: str) -> float:
     """Run `command` on `weights` and read its metric: the last number it prints on stdout,
-    or the value of `key` in the last JSON line that has it."""
+    or the value of `key` in the last JSON line that has it.
+
+    The command runs in its own process group, killed whole if we are interrupted.
+    """
     check_command(command)
-    line = command.replace(PLACEHOLDER, shlex.quote(str(weights)))
-    done = subprocess.run(line, shell=True, capture_output=True, text=True, errors="replace")
-    if done.returncode != 0:
-        tail = " | ".join(done.stderr.strip().splitlines()[-3:]) or "no stderr"
+    quoted = shlex.quote(str(weights))
+    for placeholder in (f"'{PLACEHOLDER}'", f'"{PLACEHOLDER}"', PLACEHOLDER):  # quoted or not
+        command = command.replace(placeholder, quoted)
+    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    tail = " | ".join(stderr.strip().splitlines()[-3:]) or "no stderr"
+    if proc.returncode != 0:
         raise ModelpressError(f"--eval command failed on the {which} weights (exit "
-                              f"{done.returncode}): {tail}")
-    value = _json_value(done.stdout, key) if key else _last_number(done.stdout)
-    if value is None:
-        wanted = f"JSON line with key {key!r}" if key else "number"
-        raise ModelpressError(f"--eval command printed no {wanted} for the {which} weights; "
-                              "it must print its metric on stdout")
+                              f"{proc.returncode}): {tail}")
+    value = _json_value(stdout, key) if key else _last_number(stdout)
+    if value is None or not math.isfinite(value):
+        wanted = f"JSON line with a numeric {key!r}" if key else "finite number"
+        raise ModelpressError(f"--eval command printed no {wanted} on stdout for the {which} "
+                              f"weights (stderr: {tail})")
     return value
 
 
@@ -76,7 +94,11 @@ def metric_of_mpz(command: str, mpz: Path, suffix: str, key: str | None) -> floa
     with tempfile.TemporaryDirectory(prefix="modelpress-eval-") as folder:
         copy = Path(folder) / f"weights{suffix}"
         decompress(mpz, copy)
-        return run_metric(command, copy, key, which="compressed")
+        try:
+            return run_metric(command, copy, key, which="compressed")
+        except ModelpressError as e:
+            e.message += f"; {mpz} was written"
+            raise
 
 
 def _last_number(text: str) -> float | None:
@@ -90,6 +112,7 @@ def _json_value(text: str, key: str) -> float | None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get(key), (int, float)):
-            return float(record[key])
+        value = record.get(key) if isinstance(record, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     return None

@@ -42,8 +42,9 @@ class Options:
     embed_bits: embeddings and output heads (names like embed_tokens, wte, tok_emb, lm_head)
       get at least this many bits: models are most sensitive there, which is why GPTQ and
       bitsandbytes leave them unquantized and llama.cpp gives its output tensor 6 bits.
-    keep, rule: set by a recipe rule (recipe.py): keep the tensor exact; the rule's label. A
-      tensor a rule matched is treated as asked for, whatever its size or rank.
+    keep, rule, forced: set by a recipe rule (recipe.py): keep the tensor exact; the rule's
+      label; whether the rule set bits, prune or nm itself, so that the tensor gets them
+      whatever its size, rank or name.
     """
 
     bits: int | None = None
@@ -57,17 +58,18 @@ class Options:
     embed_bits: int = 8
     keep: bool = False
     rule: str | None = None
+    forced: bool = False
 
     def __post_init__(self) -> None:
-        if self.bits is not None and self.bits not in (*range(2, 9), 16):
-            raise ConfigError(f"--bits must be 2 to 8 or 16, got {self.bits}")
+        if self.bits is not None and not (_is_int(self.bits) and self.bits in (*range(2, 9), 16)):
+            raise ConfigError(f"--bits must be 2 to 8 or 16, got {self.bits!r}")
         if self.bits in range(2, 9):
             UniformQuantize(self.bits, self.group_size, self.symmetric)  # validates
         MagnitudePrune(self.prune)
         HalfCast(self.half)
-        if self.embed_bits not in range(2, 9):
+        if not (_is_int(self.embed_bits) and self.embed_bits in range(2, 9)):
             raise ConfigError(f"--embed-bits must be 2 to 8, got {self.embed_bits!r}")
-        if not isinstance(self.min_elements, int) or self.min_elements < 0:
+        if not _is_int(self.min_elements) or self.min_elements < 0:
             raise ConfigError(f"min_elements must be an integer >= 0, got {self.min_elements!r}")
         if self.nm is not None:
             StructuredPrune(*self.nm_pattern)
@@ -88,6 +90,11 @@ class Options:
         return not self.keep and (self.bits is not None or self.prune > 0 or self.nm is not None)
 
 
+def _is_int(value) -> bool:
+    """An integer, and not a bool or a float that happens to be whole (4.0 breaks shifts)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def count_non_finite(x: np.ndarray) -> int:
     """NaN and ±Inf entries of a float tensor (0 for others)."""
     if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
@@ -97,7 +104,12 @@ def count_non_finite(x: np.ndarray) -> int:
 
 def plan(info: TensorInfo, x: np.ndarray, options: Options,
          non_finite: int = 0) -> tuple[list[Stage], str | None]:
-    """The stages for one tensor, and why it stays lossless when options asked otherwise."""
+    """The stages for one tensor, and why it stays lossless when options asked otherwise.
+
+    Unless a recipe rule named the tensor (options.forced), the defaults of the best peers
+    apply: small and 1-D tensors stay exact, and embeddings and output heads are not pruned
+    and get at least embed_bits.
+    """
     lossless = [BytePlanes(info.dtype)]
     if not options.lossy:
         return lossless, "kept by rule" if options.keep else None
@@ -105,37 +117,41 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         return lossless, "integer/bool"
     if DTYPES[info.dtype].itemsize == 1:
         return lossless, "8-bit float"
-    if options.rule is None and len(info.shape) < 2 and not options.quantize_1d:
+    if info.size == 0:
+        return lossless, "empty"
+    if not options.forced and len(info.shape) < 2 and not options.quantize_1d:
         return lossless, "1-D"
-    if options.rule is None and info.size < max(options.min_elements, 1):
+    if not options.forced and info.size < options.min_elements:
         return lossless, f"< {options.min_elements} elements"
-    if options.nm and (not info.shape or info.shape[-1] % options.nm_pattern[1]):
+    bits, prune, nm = options.bits, options.prune, options.nm
+    if not options.forced and EMBEDDING.search(info.name):
+        prune, nm = 0.0, None
+        if bits in range(2, 9):
+            bits = max(bits, options.embed_bits)
+    if nm and (not info.shape or info.shape[-1] % options.nm_pattern[1]):
         return lossless, f"last axis not a multiple of {options.nm_pattern[1]}"
     stages: list[Stage] = []
-    if options.prune > 0:
-        stages.append(MagnitudePrune(options.prune))
-    if options.nm:
+    if prune > 0:
+        stages.append(MagnitudePrune(prune))
+    if nm:
         stages.append(StructuredPrune(*options.nm_pattern))
     part, values_dtype = "values", info.dtype
-    if options.bits in range(2, 9):
-        bits = options.bits
-        if options.rule is None and EMBEDDING.search(info.name):
-            bits = max(bits, options.embed_bits)
+    if bits in range(2, 9):
         stages.append(UniformQuantize(bits, options.group_size, options.symmetric))
         part = "codes"
-    elif options.bits == 16 and DTYPES[info.dtype].itemsize > 2:
+    elif bits == 16 and DTYPES[info.dtype].itemsize > 2:
         stages.append(HalfCast(options.half))
         values_dtype = options.half
     if not stages:
-        return lossless, "already 16-bit"
+        return lossless, "already 16-bit" if bits == 16 else "embedding: not pruned"
     if non_finite:
         return lossless, f"{non_finite} NaN/Inf kept exact"
     limit = min(s.max_magnitude() for s in stages)
-    if limit < np.inf and float(np.abs(x).max()) >= limit:  # x has >= 1 element here
+    if limit < np.inf and float(np.abs(x).max()) >= limit:
         return lossless, f"|values| ≥ {limit:.6g} kept exact"
-    if options.prune > 0:
+    if prune > 0:
         stages.append(SparsePack(part))
-    if options.nm:
+    if nm:
         stages.append(StructuredPack(part, *options.nm_pattern))
     if part == "values":
         stages.append(BytePlanes(values_dtype))

@@ -62,7 +62,8 @@ class Rule:
             settings.setdefault("prune", 0.0)
         if settings.get("prune"):
             settings.setdefault("nm", None)
-        return dataclasses.replace(base, **settings, rule=self.label)
+        forced = bool(settings.keys() & {"bits", "prune", "nm"})
+        return dataclasses.replace(base, **settings, rule=self.label, forced=forced)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(base.quantize_1d, bool):
         raise ConfigError("[defaults]: quantize_1d must be true or false", path=path)
     rules = []
+    if not isinstance(data.get("rules", []), list):
+        raise ConfigError("rules must be an array of tables: write [[rules]], not [rules]",
+                          path=path)
     for i, raw in enumerate(data.get("rules", [])):
         label = f"rules[{i}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("match"), str):
@@ -109,9 +113,9 @@ def load_recipe(path: str | Path) -> Recipe:
                 re.compile(raw["match"][3:])
             except re.error as e:
                 raise ConfigError(f"{label}: bad regular expression ({e})", path=path) from None
-        if "keep" in raw and (not isinstance(raw["keep"], bool) or len(raw) > 2):
-            raise ConfigError(f"{label}: keep = true stands alone (it means lossless)",
-                              path=path)
+        if "keep" in raw and (raw["keep"] is not True or len(raw) > 2):
+            raise ConfigError(f"{label}: keep = true stands alone (it means lossless); to "
+                              "compress a tensor, give options instead", path=path)
         rule = Rule(label, raw["match"], {k: v for k, v in raw.items() if k != "match"})
         try:
             rule.apply(base)  # Options validates every value

@@ -72,8 +72,11 @@ def test_lower_is_better_and_a_json_key(runner, tmp_path, private_tmp):
 @pytest.mark.parametrize(("command", "message"), [
     (f"{sys.executable} -c 'import sys; sys.exit(\"no such model\")' {{weights}}",
      "--eval command failed on the original weights (exit 1): no such model"),
-    ("echo no digits here {weights} | tr -d 0-9", "printed no number for the original"),
-    ("true {weights}", "printed no number for the original weights"),
+    ("echo no digits here {weights} | tr -d 0-9",
+     "printed no finite number on stdout for the original weights (stderr: no stderr)"),
+    (f"{sys.executable} -c 'import sys; print(97.5, file=sys.stderr)' {{weights}}",
+     "printed no finite number on stdout for the original weights (stderr: 97.5)"),
+    ("echo nan {weights} | cut -c1-3", "printed no finite number"),
 ])
 def test_a_failing_eval_command_is_a_clean_error_and_writes_nothing(runner, tmp_path,
                                                                    private_tmp, command,
@@ -88,8 +91,46 @@ def test_a_failing_eval_command_is_a_clean_error_and_writes_nothing(runner, tmp_
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--eval", "python eval.py"], "must contain {weights}"),
-    (["--max-drop", "0.5"], "--max-drop needs --eval"),
+    (["--max-drop", "0.5"], "need --eval"),
+    (["--lower-is-better"], "need --eval"),
+    (["--eval", "echo 1 {weights}", "--max-drop", "nan"], "--max-drop must be a finite number"),
 ])
 def test_gate_usage_errors(runner, tmp_path, args, message):
     result = runner.invoke(cli, ["compress", str(MLP), str(tmp_path / "m.mpz"), *args])
     assert result.exit_code == 2 and message in result.stderr
+
+
+def test_a_quoted_placeholder_and_a_path_with_spaces_and_quotes(runner, tmp_path, private_tmp):
+    folder = tmp_path / "it's a dir"
+    folder.mkdir()
+    src = folder / "digits mlp.h5"
+    src.write_bytes(MLP.read_bytes())
+    command = f"{sys.executable} {SAMPLES / 'eval_digits.py'} \"{{weights}}\""
+    result = runner.invoke(cli, ["compress", str(src), str(folder / "m.mpz"), "--bits", "8",
+                                 "--eval", command, "--report-json", "-"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["task_metric"]["compressed"] == 97.56
+
+
+def test_an_interrupted_eval_leaves_no_process_behind(tmp_path):
+    """SIGTERM during the eval command: its whole process group goes, with the temp copy."""
+    import os
+    import signal
+    import subprocess
+    import time
+    marker = tmp_path / "started"
+    command = f"touch {marker}; sleep 30; echo 1 {{weights}}"
+    child = subprocess.Popen([sys.executable, "-m", "modelpress_cli", "compress", str(MLP),
+                              str(tmp_path / "m.mpz"), "--eval", command],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=30)
+    assert child.returncode == 143
+    time.sleep(0.5)
+    survivors = subprocess.run(["pgrep", "-f", f"touch {marker}"], capture_output=True)
+    assert survivors.stdout == b"" and not (tmp_path / "m.mpz").exists()
+    assert os.path.exists(MLP)

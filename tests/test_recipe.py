@@ -118,6 +118,10 @@ def test_tied_tensors_are_stored_once_only_when_treated_alike(tmp_path, src):
     ('[[rules]]\nmatch = "a*"\nkeep = true\nbits = 4\n', "keep = true stands alone"),
     ('[quantize]\nbits = 4\n', "unknown section(s) ['quantize']"),
     ('[defaults]\nbits = \n', "not valid TOML: Invalid value (at line 2, column 8)"),
+    ('[defaults]\nbits = 4.0\n', "--bits must be 2 to 8 or 16, got 4.0"),
+    ('[defaults]\nmin_elements = true\n', "min_elements must be an integer"),
+    ('[[rules]]\nmatch = "a*"\nkeep = false\n', "keep = true stands alone"),
+    ('[rules]\nmatch = "a*"\nbits = 4\n', "write [[rules]], not [rules]"),
 ])
 def test_bad_recipes_name_the_rule_key_or_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
@@ -138,3 +142,35 @@ def test_a_bad_recipe_is_a_usage_error_before_anything_is_written(runner, tmp_pa
 def test_shipped_recipes_load(path):
     loaded = load_recipe(path)
     assert loaded.defaults or loaded.rules
+
+
+def test_a_rule_that_sets_no_compression_keeps_the_default_protections(tmp_path, src):
+    path = recipe(tmp_path, '[defaults]\nbits = 3\n[[rules]]\nmatch = "*"\ngroup_size = 32\n')
+    got = methods(mp.compress(src, tmp_path / "m.mpz", recipe=path))
+    assert got["layer0.bias"][0] == "lossless" and got["embed.weight"][0] == "q8 g32 sym"
+    assert got["layer0.kernel"][0] == "q3 g32 sym"
+
+
+def test_a_rule_on_an_empty_tensor_is_harmless(tmp_path):
+    src = write_npz(tmp_path / "e.npz", {"empty": np.zeros((0, 8), np.float32),
+                                         "w": np.ones((8, 8), np.float32)})
+    path = recipe(tmp_path, '[[rules]]\nmatch = "*"\nbits = 4\n')
+    got = mp.compress(src, tmp_path / "m.mpz", recipe=path)
+    assert [(r.method, r.note) for r in got.rows] == [("lossless", "empty"), ("q4 g64 sym", None)]
+
+
+def test_embeddings_are_not_pruned_unless_a_rule_says_so(tmp_path, src):
+    got = methods(mp.compress(src, tmp_path / "m.mpz", bits=4, nm="2:4"))
+    assert got["embed.weight"][0] == "q8 g64 sym" and got["layer0.kernel"][0].startswith("2:4")
+    path = recipe(tmp_path, '[[rules]]\nmatch = "embed.weight"\nbits = 4\nnm = "2:4"\n')
+    got = methods(mp.compress(src, tmp_path / "m.mpz", recipe=path, force=True))
+    assert got["embed.weight"][0] == "2:4 sparse + q4 g64 sym"
+
+
+def test_a_flag_replaces_the_recipe_s_kind_of_pruning(runner, tmp_path, src):
+    path = recipe(tmp_path, '[defaults]\nbits = 8\nnm = "2:4"\n')
+    result = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--config",
+                                 str(path), "--prune", "0.5", "--report-json", "-"])
+    assert result.exit_code == 0, result.stderr
+    rows = {r["name"]: r["method"] for r in json.loads(result.stdout)["tensors"]}
+    assert rows["conv.kernel"] == "prune 50% + q8 g64 sym + sparse"

@@ -124,7 +124,9 @@ class StructuredPack(Stage):
     m: int = 4
 
     def __post_init__(self) -> None:
-        if self.part not in ("codes", "values") or not 1 <= self.n < self.m <= 16:
+        if self.part not in ("codes", "values") or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in (self.n, self.m)) \
+                or not 1 <= self.n < self.m <= 16:
             raise ConfigError(f"N:M pack needs part codes/values and 1 <= N < M <= 16, got "
                               f"{self.part!r} {self.n}:{self.m}")
 

@@ -69,7 +69,8 @@ class UniformQuantize(Stage):
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or self.bits not in range(2, 9):
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) \
+                or self.bits not in range(2, 9):
             raise ConfigError(f"bits must be 2 to 8, got {self.bits!r}")
         if not (self.group_size in GRANULARITIES or (
                 isinstance(self.group_size, int) and not isinstance(self.group_size, bool)
