@@ -16,7 +16,7 @@ from .atomic import atomic_output, check_output
 from .container import MpzReader, MpzWriter
 from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
-from .formats import FORMAT_NAMES, TensorReader, open_reader, writer_for
+from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
@@ -120,43 +120,43 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
         for info in reader.infos():
             rule = recipe.match(info.name) if recipe else None
             tensor_opts = rule.apply(opts) if rule else opts
-            x = reader.read(info.name)
             try:
-                non_finite = count_non_finite(x)
-                stages, note = plan(info, x, tensor_opts, non_finite)
+                row = _compress_tensor(info, reader.read(info.name), tensor_opts, writer, seen)
             except ModelpressError as e:
                 e.at(path=src, tensor=info.name)
                 raise
-            # Tied weights: identical bytes under identical stages are stored once.
-            digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
-                      hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
-            if digest in seen:
-                twin = seen[digest]
-                writer.add_alias(info, twin.name, tensor_opts.rule)
-                rows.append(TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}",
-                                      twin.bits, twin.sparsity, info.n_bytes, 0, info.size,
-                                      twin.errors, None, twin.non_finite, tensor_opts.rule))
-                continue
-            try:
-                blocks = encode(x, stages)
-                y = decode(blocks, stages, info)
-                errors = measure(x, y, any(s.lossy for s in stages))
-            except ModelpressError as e:
-                e.at(path=src, tensor=info.name)
-                raise
-            writer.add(info, stages, blocks, tensor_opts.rule)
-            row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages),
-                            _bits(stages, x),
-                            _zero_fraction(y), info.n_bytes,
-                            sum(block.length for block, _ in blocks.values()), info.size,
-                            errors, note, non_finite, tensor_opts.rule)
             rows.append(row)
-            seen[digest] = row
         writer.close()
     except BaseException:
         writer.abort()
         raise
     return rows
+
+
+def _compress_tensor(info: TensorInfo, x: np.ndarray, opts: Options, writer: MpzWriter,
+                     seen: dict[tuple, TensorRow]) -> TensorRow:
+    """Plan, encode, write and measure one tensor; a tied twin of an earlier one is aliased."""
+    non_finite = count_non_finite(x)
+    stages, note = plan(info, x, opts, non_finite)
+    # Tied weights: identical bytes under identical stages are stored once.
+    digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
+              hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
+    if digest in seen:
+        twin = seen[digest]
+        writer.add_alias(info, twin.name, opts.rule)
+        return TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}", twin.bits,
+                         twin.sparsity, info.n_bytes, 0, info.size, twin.errors, None,
+                         twin.non_finite, opts.rule)
+    blocks = encode(x, stages)
+    y = decode(blocks, stages, info)  # the true round trip, from the bytes to be written
+    errors = measure(x, y, any(s.lossy for s in stages))
+    writer.add(info, stages, blocks, opts.rule)
+    row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages), _bits(stages, x),
+                    _zero_fraction(y), info.n_bytes,
+                    sum(block.length for block, _ in blocks.values()), info.size, errors, note,
+                    non_finite, opts.rule)
+    seen[digest] = row
+    return row
 
 
 def _bits(stages, x: np.ndarray) -> int:
