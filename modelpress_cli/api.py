@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,47 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
                 if params else 0.0}
 
 
+class Weights(Mapping[str, np.ndarray]):
+    """A read-only mapping of tensor name → array over an .mpz file.
+
+    Nothing is decoded up front: each lookup reads, checks and decodes that one tensor, so a
+    model larger than memory can be used a tensor at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._reader = MpzReader(path)
+        self.metadata = self._reader.metadata  # the source file's own metadata
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._reader.entries:
+            raise KeyError(name)
+        return self._reader.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reader.entries)
+
+    def __len__(self) -> int:
+        return len(self._reader.entries)
+
+    def info(self, name: str) -> TensorInfo:
+        """Name, shape, dtype and attributes of a tensor, without decoding it."""
+        return self._reader.entries[name].info
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> Weights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_mpz(path: str | os.PathLike) -> Weights:
+    """Open an .mpz lazily (exported as `modelpress_cli.open`)."""
+    return Weights(path)
+
+
 def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a weights file (.mpz, .npz, .h5, .safetensors) as a dict of arrays."""
     path = Path(path)
@@ -273,5 +315,5 @@ def _open(path: Path) -> TensorReader:
     return open_reader(path)
 
 
-__all__ = ["DecompressResult", "ErrorStats", "VerifyResult", "compress", "decompress",
-           "inspect", "load", "verify"]
+__all__ = ["DecompressResult", "ErrorStats", "VerifyResult", "Weights", "compress",
+           "decompress", "inspect", "load", "open_mpz", "verify"]
