@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,15 @@ from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
 from .stages.base import describe_chain
 
+#: A progress callback: (tensor name, bytes done, bytes in all).
+Progress = Callable[[str, int, int], None]
+
 
 def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
              recipe: str | os.PathLike | Recipe | None = None, eval_command: str | None = None,
              eval_key: str | None = None, lower_is_better: bool = False,
-             max_drop: float | None = None, **options: Any) -> Report:
+             max_drop: float | None = None, progress: Progress | None = None,
+             **options: Any) -> Report:
     """Compress a weights file into an .mpz file, one tensor at a time.
 
     Parameters
@@ -40,6 +44,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
         temporary decompressed copy; the report's `task_metric` holds both values.
     lower_is_better, max_drop : how to read the metric, and the largest drop allowed: a
         larger one raises MetricDropError (exit status 3) after `dst` is written.
+    progress : called after each tensor with (its name, bytes done, bytes in all).
     **options : fields of `Options` (bits, group_size, symmetric, prune, nm, half, ...);
         they override the recipe's defaults, never its rules.
 
@@ -75,7 +80,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     reader = _open(src)
     try:
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            rows = _compress_into(reader, src, tmp, opts, recipe)
+            rows = _compress_into(reader, src, tmp, opts, recipe, progress)
             out_bytes = tmp.stat().st_size
     finally:
         reader.close()
@@ -111,12 +116,13 @@ def _warnings(rows: list[TensorRow], opts: Options, recipe: Recipe | None) -> li
 
 
 def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
-                   recipe: Recipe | None) -> list[TensorRow]:
+                   recipe: Recipe | None, progress: Progress | None) -> list[TensorRow]:
     source = {"format": reader.format, "file": src.name, "bytes": src.stat().st_size,
               "metadata": dict(reader.metadata)}
     writer = MpzWriter(tmp, source)
     rows: list[TensorRow] = []
     seen: dict[tuple, TensorRow] = {}
+    done, total = 0, sum(i.n_bytes for i in reader.infos())
     try:
         for info in reader.infos():
             rule = recipe.match(info.name) if recipe else None
@@ -127,6 +133,9 @@ def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
                 e.at(path=src, tensor=info.name)
                 raise
             rows.append(row)
+            if progress:
+                done += info.n_bytes
+                progress(info.name, done, total)
         writer.close()
     except BaseException:
         writer.abort()

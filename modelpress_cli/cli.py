@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -10,12 +11,20 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from . import __version__, api
 from .atomic import atomic_output, check_output
 from .errors import MetricDropError, ModelpressError
 from .pipeline import DEFAULT_GROUP_SIZE, DEFAULT_MIN_ELEMENTS
-from .report import Report, human_bytes, render_index
+from .report import Report, cell, human_bytes, render_index
 
 EXIT_CODES = """\b
 Exit status: 0 done, 1 failure (bad input, I/O, damaged file), 2 usage error,
@@ -135,13 +144,33 @@ def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None
             raise click.BadParameter("must differ from DST", param_hint="--report-json")
         check_output(report_json, force=force, inputs=(src,))
     try:
-        report = api.compress(src, dst, force=force, recipe=recipe, eval_command=eval_command,
-                              eval_key=eval_key, lower_is_better=lower_is_better,
-                              max_drop=max_drop, **given)
+        with _progress_bar(enabled=not quiet) as progress:
+            report = api.compress(src, dst, force=force, recipe=recipe,
+                                  eval_command=eval_command, eval_key=eval_key,
+                                  lower_is_better=lower_is_better, max_drop=max_drop,
+                                  progress=progress, **given)
     except MetricDropError as e:  # show what was measured, then exit 3
         _show(e.report, report_json, all_rows, force, quiet)
         raise
     _show(report, report_json, all_rows, force, quiet)
+
+
+@contextlib.contextmanager
+def _progress_bar(*, enabled: bool):
+    """A rich progress bar on stderr when it is a terminal; None in pipes and CI logs."""
+    console = Console(stderr=True)
+    if not (enabled and console.is_terminal):
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("compressing", total=None)
+
+        def update(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=cell(name)[:40])
+
+        yield update
 
 
 def _show(report: Report, report_json: Path | None, all_rows: bool, force: bool,

@@ -178,3 +178,14 @@ def test_a_table_of_many_tensors_shows_the_largest_and_worst_and_counts_the_rest
     everything = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--bits",
                                      "4", "--force", "--all"])
     assert all(f"│ {n} " in everything.stdout for n in tensors)
+
+
+def test_progress_is_reported_per_tensor_through_the_api(tmp_path):
+    import modelpress_cli as mp
+    src = write_npz(tmp_path / "m.npz", model())
+    calls = []
+    mp.compress(src, tmp_path / "m.mpz", bits=4, progress=lambda *a: calls.append(a))
+    assert [name for name, _, _ in calls] == list(model())
+    done = [d for _, d, _ in calls]
+    assert done == sorted(done) and done[-1] == calls[-1][2] == sum(
+        v.nbytes for v in model().values())
