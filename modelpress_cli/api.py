@@ -6,7 +6,9 @@ import hashlib
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
              recipe: str | os.PathLike | Recipe | None = None, eval_command: str | None = None,
              eval_key: str | None = None, lower_is_better: bool = False,
              max_drop: float | None = None, progress: Progress | None = None,
-             **options: Any) -> Report:
+             threads: int | None = None, **options: Any) -> Report:
     """Compress a weights file into an .mpz file, one tensor at a time.
 
     Parameters
@@ -45,6 +47,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     lower_is_better, max_drop : how to read the metric, and the largest drop allowed: a
         larger one raises MetricDropError (exit status 3) after `dst` is written.
     progress : called after each tensor with (its name, bytes done, bytes in all).
+    threads : encoding threads (default: every core); the output is the same bytes for any.
     **options : fields of `Options` (bits, group_size, symmetric, prune, nm, half, ...);
         they override the recipe's defaults, never its rules.
 
@@ -68,6 +71,8 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     if eval_command is None and (max_drop is not None or eval_key or lower_is_better):
         raise ConfigError("--max-drop, --eval-key and --lower-is-better need --eval (the "
                           "command that measures the model)")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
     if max_drop is not None and not math.isfinite(max_drop):
         raise ConfigError(f"--max-drop must be a finite number, got {max_drop}")
     check_output(dst, force=force, inputs=(src,))  # fail before the (maybe slow) evaluation
@@ -80,7 +85,8 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     reader = _open(src)
     try:
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            rows = _compress_into(reader, src, tmp, opts, recipe, progress)
+            rows = _compress_into(reader, src, tmp, opts, recipe, progress,
+                                  threads or os.cpu_count() or 1)
             out_bytes = tmp.stat().st_size
     finally:
         reader.close()
@@ -115,58 +121,98 @@ def _warnings(rows: list[TensorRow], opts: Options, recipe: Recipe | None) -> li
     return out
 
 
+IN_FLIGHT_BYTES = 256 << 20  # tensors read but not yet written, beyond the largest one
+
+
 def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
-                   recipe: Recipe | None, progress: Progress | None) -> list[TensorRow]:
+                   recipe: Recipe | None, progress: Progress | None,
+                   threads: int) -> list[TensorRow]:
+    """Encode tensors on `threads` threads (numpy and zstd release the GIL) and write them
+    in file order, so the output is the same bytes whatever the thread count. Tensors read
+    but not yet written are bounded in bytes."""
     source = {"format": reader.format, "file": src.name, "bytes": src.stat().st_size,
               "metadata": dict(reader.metadata)}
     writer = MpzWriter(tmp, source)
     rows: list[TensorRow] = []
     seen: dict[tuple, TensorRow] = {}
+    pending: deque[tuple[TensorInfo, Options, Future]] = deque()
     done, total = 0, sum(i.n_bytes for i in reader.infos())
+
+    def write_oldest() -> None:
+        nonlocal done
+        info, tensor_opts, future = pending.popleft()
+        try:
+            rows.append(_write_tensor(info, tensor_opts, future.result(), writer, seen))
+        except ModelpressError as e:
+            e.at(path=src, tensor=info.name)
+            raise
+        if progress:
+            done += info.n_bytes
+            progress(info.name, done, total)
+
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="modelpress")
     try:
         for info in reader.infos():
+            while pending and (len(pending) > 2 * threads or sum(
+                    i.n_bytes for i, _, _ in pending) + info.n_bytes > IN_FLIGHT_BYTES):
+                write_oldest()
             rule = recipe.match(info.name) if recipe else None
             tensor_opts = rule.apply(opts) if rule else opts
-            try:
-                row = _compress_tensor(info, reader.read(info.name), tensor_opts, writer, seen)
-            except ModelpressError as e:
-                e.at(path=src, tensor=info.name)
-                raise
-            rows.append(row)
-            if progress:
-                done += info.n_bytes
-                progress(info.name, done, total)
+            x = reader.read(info.name)
+            pending.append((info, tensor_opts, pool.submit(_encode_tensor, info, x,
+                                                            tensor_opts)))
+        while pending:
+            write_oldest()
         writer.close()
     except BaseException:
+        for _, _, future in pending:
+            future.cancel()
         writer.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
     return rows
 
 
-def _compress_tensor(info: TensorInfo, x: np.ndarray, opts: Options, writer: MpzWriter,
-                     seen: dict[tuple, TensorRow]) -> TensorRow:
-    """Plan, encode, write and measure one tensor; a tied twin of an earlier one is aliased."""
+@dataclass
+class _Encoded:
+    """One tensor encoded and measured, waiting to be written (or found to be a twin)."""
+
+    digest: tuple
+    stages: list
+    blocks: dict
+    row: TensorRow
+
+
+def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
+    """Plan, encode and measure one tensor (on a worker thread)."""
     non_finite = count_non_finite(x)
     stages, note = plan(info, x, opts, non_finite)
-    # Tied weights: identical bytes under identical stages are stored once.
     digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
               hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
-    if digest in seen:
-        twin = seen[digest]
-        writer.add_alias(info, twin.name, opts.rule)
-        return TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}", twin.bits,
-                         twin.sparsity, info.n_bytes, 0, info.size, twin.errors, None,
-                         twin.non_finite, opts.rule)
     blocks = encode(x, stages)
     y = decode(blocks, stages, info)  # the true round trip, from the bytes to be written
     errors = measure(x, y, any(s.lossy for s in stages))
-    writer.add(info, stages, blocks, opts.rule)
     row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages), _bits(stages, x),
                     _zero_fraction(y), info.n_bytes,
                     sum(block.length for block, _ in blocks.values()), info.size, errors, note,
                     non_finite, opts.rule)
-    seen[digest] = row
-    return row
+    return _Encoded(digest, stages, blocks, row)
+
+
+def _write_tensor(info: TensorInfo, opts: Options, encoded: _Encoded, writer: MpzWriter,
+                  seen: dict[tuple, TensorRow]) -> TensorRow:
+    """Write one encoded tensor; identical bytes under identical stages (tied weights) are
+    stored once, as an alias of the first."""
+    twin = seen.get(encoded.digest)
+    if twin is not None:
+        writer.add_alias(info, twin.name, opts.rule)
+        return TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}", twin.bits,
+                         twin.sparsity, info.n_bytes, 0, info.size, twin.errors, None,
+                         twin.non_finite, opts.rule)
+    writer.add(info, encoded.stages, encoded.blocks, opts.rule)
+    seen[encoded.digest] = encoded.row
+    return encoded.row
 
 
 def _bits(stages, x: np.ndarray) -> int:

@@ -125,13 +125,16 @@ def cli() -> None:
 @click.option("--report-json", type=click.Path(path_type=Path, dir_okay=False,
                                                allow_dash=True), metavar="PATH|-",
               help="Write the report as JSON to PATH, or to stdout with '-'.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Encoding threads [default: every core]; the output is the same bytes "
+                   "for any count.")
 @click.option("--all", "all_rows", is_flag=True, help="List every tensor in the table.")
 @click.option("--force", is_flag=True, help="Overwrite DST (and the JSON report) if they exist.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None,
              eval_key: str | None, max_drop: float | None, lower_is_better: bool,
-             report_json: Path | None, all_rows: bool, force: bool, quiet: bool,
-             **options) -> None:
+             report_json: Path | None, threads: int | None, all_rows: bool, force: bool,
+             quiet: bool, **options) -> None:
     """Compress SRC (.npz, .h5, .safetensors) into DST (.mpz) and report size and error."""
     if options["half"] is not None and options["bits"] != 16 and recipe is None:
         raise click.BadParameter("only applies with --bits 16", param_hint="--half")
@@ -148,7 +151,7 @@ def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None
             report = api.compress(src, dst, force=force, recipe=recipe,
                                   eval_command=eval_command, eval_key=eval_key,
                                   lower_is_better=lower_is_better, max_drop=max_drop,
-                                  progress=progress, **given)
+                                  progress=progress, threads=threads, **given)
     except MetricDropError as e:  # show what was measured, then exit 3
         _show(e.report, report_json, all_rows, force, quiet)
         raise

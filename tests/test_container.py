@@ -110,3 +110,16 @@ def test_golden_v1_file_still_decodes_to_its_recorded_values():
     for name in expected.files:
         assert loaded[name].dtype == expected[name].dtype
         assert loaded[name].tobytes() == expected[name].tobytes(), name
+
+
+@pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 8, "prune": 0.5}, {}])
+def test_the_same_input_gives_the_same_bytes_whatever_the_thread_count(tmp_path, options):
+    rng = np.random.default_rng(3)
+    tensors = {**model(), **{f"extra{i}": rng.normal(size=(64, 96)).astype(np.float32)
+                             for i in range(12)}}
+    src = write_npz(tmp_path / "m.npz", tensors)
+    outputs = []
+    for threads in (1, 2, 5):
+        mp.compress(src, tmp_path / f"t{threads}.mpz", threads=threads, **options)
+        outputs.append((tmp_path / f"t{threads}.mpz").read_bytes())
+    assert outputs[0] == outputs[1] == outputs[2]
