@@ -20,6 +20,7 @@ from .container import MpzReader, MpzWriter
 from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
+from .formats.sharded import ShardedReader
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
@@ -38,7 +39,8 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
 
     Parameters
     ----------
-    src : path of a .npz, .h5 or .safetensors file.
+    src : path of a .npz, .h5 or .safetensors file, or of a sharded checkpoint (its folder or
+        its *.safetensors.index.json).
     dst : path of the .mpz file to write (atomically; an existing one only with `force`).
     recipe : a recipe file (or loaded Recipe): defaults, and rules per tensor name.
     eval_command : a shell command with a ``{weights}`` placeholder that prints the model's
@@ -83,18 +85,21 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
         original = run_metric(eval_command, src, eval_key, which="original")
     started = time.perf_counter()
     reader = _open(src)
+    sharded = isinstance(reader, ShardedReader)
+    input_bytes = reader.n_bytes if sharded else src.stat().st_size
+    suffix = ".safetensors" if sharded else src.suffix  # the gate's copy: one file
     try:
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            rows = _compress_into(reader, src, tmp, opts, recipe, progress,
+            rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress,
                                   threads or os.cpu_count() or 1)
             out_bytes = tmp.stat().st_size
     finally:
         reader.close()
-    report = Report(str(src), str(dst), src.stat().st_size, out_bytes,
+    report = Report(str(src), str(dst), input_bytes, out_bytes,
                     time.perf_counter() - started, rows, _warnings(rows, opts, recipe))
     if eval_command is not None:
         report.task_metric = TaskMetric(
-            eval_command, original, metric_of_mpz(eval_command, dst, src.suffix, eval_key),
+            eval_command, original, metric_of_mpz(eval_command, dst, suffix, eval_key),
             lower_is_better, max_drop)
         if not report.task_metric.passed:
             m = report.task_metric
@@ -124,13 +129,13 @@ def _warnings(rows: list[TensorRow], opts: Options, recipe: Recipe | None) -> li
 IN_FLIGHT_BYTES = 256 << 20  # tensors read but not yet written, beyond the largest one
 
 
-def _compress_into(reader: TensorReader, src: Path, tmp: Path, opts: Options,
+def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path, opts: Options,
                    recipe: Recipe | None, progress: Progress | None,
                    threads: int) -> list[TensorRow]:
     """Encode tensors on `threads` threads (numpy and zstd release the GIL) and write them
     in file order, so the output is the same bytes whatever the thread count. Tensors read
     but not yet written are bounded in bytes."""
-    source = {"format": reader.format, "file": src.name, "bytes": src.stat().st_size,
+    source = {"format": reader.format, "file": src.name, "bytes": input_bytes,
               "metadata": dict(reader.metadata)}
     writer = MpzWriter(tmp, source)
     rows: list[TensorRow] = []

@@ -87,7 +87,7 @@ def cli() -> None:
 
 
 @cli.command(epilog=EXIT_CODES)
-@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--bits", type=click.IntRange(2, 16), default=None,  # 9-15: Options says why
               help="2-8: integer codes with float16 scales; 16: cast to float16 (or --half). "
@@ -135,7 +135,8 @@ def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None
              eval_key: str | None, max_drop: float | None, lower_is_better: bool,
              report_json: Path | None, threads: int | None, all_rows: bool, force: bool,
              quiet: bool, **options) -> None:
-    """Compress SRC (.npz, .h5, .safetensors) into DST (.mpz) and report size and error."""
+    """Compress SRC (.npz, .h5, .safetensors, or a sharded checkpoint's folder or index) into
+    DST (.mpz) and report size and error."""
     if options["half"] is not None and options["bits"] != 16 and recipe is None:
         raise click.BadParameter("only applies with --bits 16", param_hint="--half")
     ctx = click.get_current_context()

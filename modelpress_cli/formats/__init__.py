@@ -17,6 +17,7 @@ from .base import (
 from .h5 import H5Reader, write_h5
 from .npz import NpzReader, write_npz
 from .safetensors import SafetensorsReader, write_safetensors
+from .sharded import ShardedReader, find_index
 
 READERS = {".npz": NpzReader, ".h5": H5Reader, ".hdf5": H5Reader,
            ".safetensors": SafetensorsReader}
@@ -35,8 +36,12 @@ def _suffix(path: Path, table: dict) -> str:
 
 
 def open_reader(path: str | Path) -> TensorReader:
-    """A reader for a weights file, chosen by its extension and checked against its bytes."""
+    """A reader for a weights file, chosen by its extension and checked against its bytes;
+    or for a sharded checkpoint (its folder, or its *.safetensors.index.json)."""
     path = Path(path)
+    index = find_index(path)
+    if index is not None:
+        return ShardedReader(index)
     suffix = _suffix(path, READERS)
     check_kind(path, KINDS[FORMAT_NAMES[suffix]])
     return READERS[suffix](path)
