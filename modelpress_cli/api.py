@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_output, check_output
+from .atomic import atomic_folder, atomic_output, check_output
 from .container import MpzReader, MpzWriter
 from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
-from .formats.sharded import ShardedReader
+from .formats.sharded import ShardedReader, write_sharded
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
@@ -242,17 +242,31 @@ class DecompressResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def decompress(src: str | os.PathLike, dst: str | os.PathLike, *,
-               force: bool = False) -> DecompressResult:
+def decompress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False,
+               shard_bytes: int | None = None) -> DecompressResult:
     """Rebuild a weights file from an .mpz; the format follows `dst`'s extension.
 
+    With `shard_bytes`, `dst` is a folder that receives a sharded .safetensors checkpoint
+    (the Hugging Face layout: shards of at most that size and an index), written atomically.
     What the target format cannot hold (HDF5 attributes in .npz, bfloat16 in .h5) is named in
     the result's warnings, never dropped silently.
     """
     src, dst = Path(src), Path(dst)
-    write = writer_for(dst)
     started = time.perf_counter()
     warnings: list[str] = []
+    if shard_bytes is not None:
+        if not isinstance(shard_bytes, int) or shard_bytes < 1:
+            raise ConfigError(f"--shard-size must be a positive size, got {shard_bytes!r}")
+        with MpzReader(src) as reader, atomic_folder(dst, force=force, inputs=(src,)) as tmp:
+            try:
+                write_sharded(tmp, reader, warnings.append, shard_bytes)
+            except ModelpressError as e:
+                e.at(path=dst)
+                raise
+            n_bytes = sum(p.stat().st_size for p in tmp.iterdir())
+        return DecompressResult(str(dst), "sharded safetensors", len(reader.entries), n_bytes,
+                                time.perf_counter() - started, warnings)
+    write = writer_for(dst)
     with MpzReader(src) as reader, atomic_output(dst, force=force, inputs=(src,)) as tmp:
         try:
             write(tmp, reader, warnings.append)

@@ -190,14 +190,39 @@ def _show(report: Report, report_json: Path | None, all_rows: bool, force: bool,
         report.render_table(_stdout(), all_rows=all_rows)
 
 
+class Size(click.ParamType):
+    """A size in bytes: 2GB, 500MB, 1.5GiB or a plain number of bytes."""
+
+    name = "SIZE"
+    UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        try:
+            size = int(float(number) * self.UNITS[text[len(number):]])
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size like 2GB, 500MB or 1.5GiB", param, ctx)
+        if size < 1:
+            self.fail(f"{value!r} is not a positive size", param, ctx)
+        return size
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--shard-size", type=Size(), default=None,
+              help="Write a sharded .safetensors checkpoint into the folder DST: shards of at "
+                   "most SIZE (e.g. 2GB) and model.safetensors.index.json.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
-def decompress(src: Path, dst: Path, force: bool, quiet: bool) -> None:
-    """Rebuild a weights file from SRC (.mpz); DST's extension picks the format."""
-    result = api.decompress(src, dst, force=force)
+def decompress(src: Path, dst: Path, shard_size: int | None, force: bool, quiet: bool) -> None:
+    """Rebuild a weights file from SRC (.mpz); DST's extension picks the format, or DST is a
+    folder for a sharded checkpoint (--shard-size)."""
+    result = api.decompress(src, dst, force=force, shard_bytes=shard_size)
     _warn(result.warnings, quiet)
     if not quiet:
         click.echo(f"wrote {result.output} ({result.format}, {result.tensors} tensors, "

@@ -77,3 +77,53 @@ def test_a_folder_without_one_index_is_refused(tmp_path, runner):
     result = runner.invoke(cli, ["compress", str(tmp_path / "empty"), str(tmp_path / "m.mpz")])
     assert result.exit_code == 1
     assert "holds 0 files named *.safetensors.index.json" in result.stderr
+
+
+def test_a_sharded_round_trip_writes_the_hub_layout(tmp_path, runner):
+    tensors = model()
+    mp.compress(sharded(tmp_path / "ckpt", tensors), tmp_path / "m.mpz")
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"), str(out),
+                                 "--shard-size", "20kB"])
+    assert result.exit_code == 0, result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    n = len(files) - 1
+    assert files[-1] == "model.safetensors.index.json" and n > 2
+    assert files[:-1] == [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in tensors.values())
+    with open_reader(out) as reader:  # our sharded reader checks index against shards
+        back = {i.name: reader.read(i.name) for i in reader.infos()}
+        assert reader.metadata["__metadata__"] == {"format": "pt"}
+    assert sorted(back) == sorted(tensors)
+    assert all(back[k].tobytes() == tensors[k].tobytes() for k in tensors)
+    for shard in files[:-1]:  # no shard over the limit unless one tensor alone is larger
+        with open_reader(out / shard) as reader:
+            infos = list(reader.infos())
+        assert len(infos) == 1 or sum(i.n_bytes for i in infos) <= 20_000
+
+
+def test_sharded_output_is_atomic_and_needs_force(tmp_path, runner):
+    mp.compress(sharded(tmp_path / "ckpt", model()), tmp_path / "m.mpz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("keep me")
+    result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"), str(out),
+                                 "--shard-size", "1GB"])
+    assert result.exit_code == 1 and "already exists" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"), str(out),
+                                 "--shard-size", "1GB", "--force"])
+    assert result.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model-00001-of-00001.safetensors",
+                                                     "model.safetensors.index.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.mpz", "out"]
+
+
+@pytest.mark.parametrize(("size", "message"), [("big", "is not a size like 2GB"),
+                                               ("0", "is not a positive size")])
+def test_a_bad_shard_size_is_a_usage_error(tmp_path, runner, size, message):
+    mp.compress(sharded(tmp_path / "ckpt", model()), tmp_path / "m.mpz")
+    result = runner.invoke(cli, ["decompress", str(tmp_path / "m.mpz"), str(tmp_path / "o"),
+                                 "--shard-size", size])
+    assert result.exit_code == 2 and message in result.stderr

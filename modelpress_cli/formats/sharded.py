@@ -8,6 +8,7 @@ shard it names, and every tensor of every shard in the index.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import FormatError
 from .base import ClosingReader, TensorInfo, strict_json
-from .safetensors import SafetensorsReader
+from .safetensors import SafetensorsReader, write_safetensors
 
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20
@@ -95,3 +96,54 @@ class ShardedReader(ClosingReader):
     def close(self) -> None:
         for reader in self._shards.values():
             reader.close()
+
+
+class _Subset(ClosingReader):
+    """Some tensors of a reader, as a reader of their own (one shard's worth)."""
+
+    def __init__(self, reader, names: list[str]) -> None:
+        self._reader, self._names = reader, set(names)
+        self.format, self.metadata = reader.format, reader.metadata
+
+    def infos(self) -> Iterator[TensorInfo]:
+        return (i for i in self._reader.infos() if i.name in self._names)
+
+    def read(self, name: str) -> np.ndarray:
+        return self._reader.read(name)
+
+    def close(self) -> None:
+        pass  # the whole reader is closed by its owner
+
+
+def plan_shards(infos: list[TensorInfo], shard_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order, each shard filled up to `shard_bytes` (a larger
+    tensor gets a shard of its own), as the Hugging Face hub's writers do."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for info in infos:
+        if shards[-1] and size + info.n_bytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(info.name)
+        size += info.n_bytes
+    return shards
+
+
+def write_sharded(folder: Path, reader, warn, shard_bytes: int) -> int:
+    """Write `reader` as model-0000k-of-0000n.safetensors files plus the index; file count."""
+    infos = list(reader.infos())
+    shards = plan_shards(infos, shard_bytes)
+    weight_map = {}
+    for k, names in enumerate(shards, 1):
+        shard = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(folder / shard, _Subset(reader, names), warn if k == 1 else _quiet)
+        weight_map.update({name: shard for name in names})
+    metadata = dict(reader.metadata.get("index_metadata") or {})
+    metadata["total_size"] = sum(i.n_bytes for i in infos)
+    index = {"metadata": metadata, "weight_map": weight_map}
+    (folder / f"model{INDEX_SUFFIX}").write_text(json.dumps(index, indent=2) + "\n")
+    return len(shards) + 1
+
+
+def _quiet(message: str) -> None:
+    """Warnings about the source are given once, with the first shard."""
