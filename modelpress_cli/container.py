@@ -13,6 +13,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -139,6 +140,15 @@ class MpzWriter:
         self._file.close()
 
 
+def _check_no_overlap(entries: dict[str, Entry]) -> None:
+    """Blocks are laid end to end: two that share bytes mean a crafted or damaged index."""
+    spans = sorted((b.offset, b.offset + b.length, name) for name, e in entries.items()
+                   if e.same_as is None for b in e.blocks.values() if b.length)
+    for (_, end, first), (start, _, second) in pairwise(spans):
+        if start < end:
+            raise FormatError(f"blocks of tensors {first!r} and {second!r} overlap")
+
+
 def _rule(raw: dict) -> str | None:
     rule = raw.get("rule")
     if rule is not None and not isinstance(rule, str):
@@ -254,6 +264,7 @@ class MpzReader(ClosingReader):
             except ModelpressError as e:
                 e.at(tensor=name)
                 raise
+        _check_no_overlap(entries)
         return entries
 
     def _parse_entry(self, raw: dict, seen: dict[str, Entry]) -> Entry:

@@ -94,6 +94,8 @@ def rewrite_index(data: bytes, edit) -> bytes:
      FormatError, "more than 2\\*\\*40"),
     (lambda d: rewrite_index(d, lambda i: i["tensors"].append(i["tensors"][0])),
      FormatError, "repeated"),
+    (lambda d: rewrite_index(d, lambda i: i["tensors"][1]["blocks"]["planes"].update(
+        offset=i["tensors"][0]["blocks"]["planes"]["offset"])), FormatError, "overlap"),
 ])
 def test_damaged_or_crafted_files_are_refused_before_decoding(tmp_path, change, error, message):
     path = damaged(tmp_path, change)
