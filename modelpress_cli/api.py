@@ -78,17 +78,16 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     if max_drop is not None and not math.isfinite(max_drop):
         raise ConfigError(f"--max-drop must be a finite number, got {max_drop}")
     check_output(dst, force=force, inputs=(src,))  # fail before the (maybe slow) evaluation
-    original = None
     if eval_command is not None:
         check_command(eval_command)
-        _open(src).close()  # a bad input is our error, not the eval command's
-        original = run_metric(eval_command, src, eval_key, which="original")
-    started = time.perf_counter()
-    reader = _open(src)
+    reader = _open(src)  # before the evaluation: a bad input is our error, not the command's
     sharded = isinstance(reader, ShardedReader)
     input_bytes = reader.n_bytes if sharded else src.stat().st_size
     suffix = ".safetensors" if sharded else src.suffix  # the gate's copy: one file
     try:
+        original = None if eval_command is None else run_metric(
+            eval_command, src, eval_key, which="original")
+        started = time.perf_counter()
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
             rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress,
                                   threads or os.cpu_count() or 1)
