@@ -37,8 +37,8 @@ def test_the_gate_passes_and_reports_both_values(runner, tmp_path, private_tmp):
 def test_a_recipe_that_destroys_the_model_exits_3_and_keeps_the_mpz(runner, tmp_path,
                                                                     private_tmp):
     recipe = tmp_path / "destroy.toml"
-    recipe.write_text('[defaults]\nbits = 2\ngroup_size = "tensor"\n\n'
-                      '[[rules]]\nmatch = "*"\nbits = 2\ngroup_size = "tensor"\n')
+    recipe.write_text('[defaults]\nbits = 2\ngroup_size = "tensor"\nprune = 0.9\n\n'
+                      '[[rules]]\nmatch = "*"\nbits = 2\ngroup_size = "tensor"\nprune = 0.9\n')
     dst = tmp_path / "m.mpz"
     result = runner.invoke(cli, ["compress", str(MLP), str(dst), "--config", str(recipe),
                                  "--eval", EVAL, "--max-drop", "0.5"])
@@ -52,11 +52,12 @@ def test_a_recipe_that_destroys_the_model_exits_3_and_keeps_the_mpz(runner, tmp_
 
 def test_lower_is_better_and_a_json_key(runner, tmp_path, private_tmp):
     script = tmp_path / "loss.py"
-    script.write_text("import json, sys, numpy as np\n"
+    src = tmp_path / "m.npz"
+    script.write_text("import json, sys, numpy as np\n"  # the loss: distance to the original
+                      f"w0 = np.load({str(src)!r})['w']\n"
                       "w = np.load(sys.argv[1])['w']\n"
                       "print('noise 123')\n"
-                      "print(json.dumps({'loss': float(np.abs(w - 1).mean()), 'n': 7}))\n")
-    src = tmp_path / "m.npz"
+                      "print(json.dumps({'loss': float(np.abs(w - w0).mean()), 'n': 7}))\n")
     import numpy as np
     np.savez(src, w=np.random.default_rng(0).normal(1, 0.1, (64, 64)).astype(np.float32))
     result = runner.invoke(cli, ["compress", str(src), str(tmp_path / "m.mpz"), "--bits", "2",

@@ -212,7 +212,8 @@ def test_tied_tensor(tmp_path, bits):
 
 
 def test_h5_sample_within_half_step(tmp_path):
-    """The trained sample at 4 bits: exact vs mp.load, and within s/2 of the original."""
+    """The trained sample at 4 bits: exact vs mp.load, and within |s|/2 of the original
+    except where the searched scale clips the peak."""
     src = ROOT / "sample_models" / "digits_mlp.h5"
     dst = _compress(tmp_path, src, bits=4, min_elements=0, quantize_1d=True)
     got = _assert_reader_matches(dst)
@@ -229,7 +230,10 @@ def test_h5_sample_within_half_step(tmp_path):
             else:
                 steps = np.repeat(scales, g, axis=1)[:, : original.shape[1]]
             err = np.abs(got[name].astype(np.float64) - original.astype(np.float64))
-            assert np.all(err <= steps / 2 * (1 + 1e-6)), name
+            level = np.rint(got[name] / np.where(steps == 0, 1, steps))
+            inner = (level > -8) & (level < 7)  # the extreme levels may clip the peak
+            assert np.all(err[inner] <= np.abs(steps[inner]) / 2 * (1 + 1e-6)), name
+            assert np.all(err <= np.abs(original).max() * 0.25), name  # clipping is bounded
 
 
 def test_reader_rejects_damaged_files(tmp_path):

@@ -9,6 +9,7 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, FormatError
 from ..formats.base import DTYPES
 from .base import Parts, Stage, register, require
@@ -52,21 +53,44 @@ def round_up_float16(scale: np.ndarray) -> np.ndarray:
     return s16
 
 
+#: How far below the peak the scale search looks, by bit width: coarse codes gain more from
+#: clipping the peak. Four candidates spread over [1 − spread, 1], then least-squares refits.
+SEARCH_SPREAD = {2: 0.5, 3: 0.36, 4: 0.24, 5: 0.16, 6: 0.12, 7: 0.1, 8: 0.08}
+SEARCH_REFINE = 2
+
+
+def search_ratios(bits: int) -> np.ndarray:
+    return (1 - np.linspace(0, SEARCH_SPREAD[bits], 4)).astype(np.float32)
+
+
+def sign_extend(codes: np.ndarray, bits: int) -> np.ndarray:
+    """b-bit two's-complement codes (stored modulo 2**b) as signed int32."""
+    v = codes.astype(np.int32)
+    return v - ((v >> (bits - 1)) & 1) * (1 << bits)
+
+
 @register
 @dataclass(frozen=True)
 class UniformQuantize(Stage):
-    """Round each weight to one of 2**bits levels, with a float16 scale per group.
+    """Round each weight to one of 2**bits levels v·scale, with a scale per group.
 
-    Symmetric: levels −(2**(bits−1) − 1) … 2**(bits−1) − 1 times the scale; affine adds an
-    integer zero point z per group and fits [min(x, 0), max(x, 0)], so 0 is always exact. Codes
-    are stored as the signed level v (decoded value v·scale) taken modulo 2**bits: code 0 is
-    always the value 0, which is what lets the sparse stage drop zeros whatever the scheme.
+    Symmetric: levels v = −2**(bits−1) … 2**(bits−1) − 1. The scale (it may be negative) is
+    searched per group for the least squared error: the peak mapped to the extra negative
+    level as in llama.cpp's Q4_0, shrunk a few ways to clip it, then least-squares refits.
+    Affine adds an integer zero point z per group and fits [min(x, 0), max(x, 0)], so 0 is
+    always exact. Codes are stored as v taken modulo 2**bits: code 0 is always the value 0,
+    which is what lets the sparse stage drop zeros whatever the scheme.
+
+    Scales are float16 per group, or with `scale_bits` k, double-quantized as K-quants do:
+    a signed k-bit integer per group times a float16 unit per `super_group` groups.
     """
 
     stage_id: ClassVar[str] = "quantize.uniform"
     bits: int
     group_size: int | str = 64  # values per scale along the last axis, or "channel"/"tensor"
     symmetric: bool = True
+    scale_bits: int | None = None
+    super_group: int = 16
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) \
@@ -79,40 +103,71 @@ class UniformQuantize(Stage):
                               f"got {self.group_size!r}")
         if not isinstance(self.symmetric, bool):
             raise ConfigError(f"symmetric must be true or false, got {self.symmetric!r}")
+        if self.scale_bits is not None and (not isinstance(self.scale_bits, int) or isinstance(
+                self.scale_bits, bool) or self.scale_bits not in range(3, 9)):
+            raise ConfigError(f"scale bits must be 3 to 8, got {self.scale_bits!r}")
+        if not isinstance(self.super_group, int) or isinstance(self.super_group, bool) \
+                or not 1 <= self.super_group <= 1 << 16:
+            raise ConfigError(f"super group must be 1 to 65536 groups, got {self.super_group!r}")
 
     def encode(self, parts: Parts) -> Parts:
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
         g = grouped(x.reshape(rows, cols).astype(np.float32, copy=False), group)
-        levels = (1 << self.bits) - 1
-        if self.symmetric:
-            half = (1 << (self.bits - 1)) - 1
-            scale = round_up_float16(np.abs(g).max(axis=2).astype(np.float64) / half)
-            low, high = np.float32(-half), np.float32(half)
-        else:
-            lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)
-            scale = round_up_float16((hi.astype(np.float64) - lo) / levels)
-            safe = np.where(scale > 0, scale.astype(np.float32), 1)
-            zero = np.clip(np.rint(-lo / safe), 0, levels).astype(np.uint8)
-            low = -zero.astype(np.float32)[..., None]
-            high = levels + low
-        v = g / np.where(scale > 0, scale.astype(np.float32), 1)[..., None]
-        np.rint(v, out=v)
-        np.maximum(v, low, out=v)  # in place: np.clip with broadcast bounds is several times slower
-        np.minimum(v, high, out=v)
-        codes = (v.astype(np.int16) & levels).astype(np.uint8)
-        codes = codes.reshape(rows, -1)[:, :cols].reshape(x.shape)
-        out = {"codes": codes, "scales": scale}
         if not self.symmetric:
-            out["zeros"] = zero
-        return out
+            return self._encode_affine(g, x.shape, rows, cols)
+        flat = g.reshape(-1, group)
+        lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        ratios = search_ratios(self.bits)
+        out: Parts = {}
+        if self.scale_bits is None:
+            scale = kernels.search_scales(flat, lo, hi, ratios, SEARCH_REFINE).astype(np.float16)
+            out["scales"] = scale.reshape(rows, -1)
+            effective = scale.astype(np.float32)
+        else:
+            qmax = (1 << (self.scale_bits - 1)) - 1
+            peak = np.abs(flat).max(axis=1).astype(np.float64) / -lo
+            unit = round_up_float16(self._per_super(peak).max(axis=1) / qmax)
+            unit_each = np.repeat(unit.astype(np.float32), self.super_group)[:flat.shape[0]]
+            q = kernels.search_scale_codes(flat, lo, hi, unit_each, qmax, ratios)
+            out["scales"] = unit
+            out["scale_codes"] = (q & ((1 << self.scale_bits) - 1)).astype(np.uint8).reshape(
+                rows, -1)
+            effective = q * unit_each
+        codes = kernels.round_to_codes(flat, effective, lo, hi, self.bits)
+        return {"codes": codes.reshape(rows, -1)[:, :cols].reshape(x.shape), **out}
+
+    def _per_super(self, per_group: np.ndarray) -> np.ndarray:
+        """(n_groups,) → (n_super, super_group), zero-padded."""
+        pad = -per_group.size % self.super_group
+        return np.pad(per_group, (0, pad)).reshape(-1, self.super_group)
+
+    def _encode_affine(self, g: np.ndarray, shape, rows: int, cols: int) -> Parts:
+        levels = (1 << self.bits) - 1
+        lo, hi = np.minimum(g.min(axis=2), 0), np.maximum(g.max(axis=2), 0)
+        scale = round_up_float16((hi.astype(np.float64) - lo) / levels)
+        safe = np.where(scale > 0, scale.astype(np.float32), 1)
+        zero = np.clip(np.rint(-lo / safe), 0, levels).astype(np.uint8)
+        v = g / safe[..., None]
+        np.rint(v, out=v)
+        low = -zero.astype(np.float32)[..., None]
+        np.maximum(v, low, out=v)  # in place: np.clip with broadcast bounds is several times slower
+        np.minimum(v, levels + low, out=v)
+        codes = (v.astype(np.int16) & levels).astype(np.uint8)
+        codes = codes.reshape(rows, -1)[:, :cols].reshape(shape)
+        if self.scale_bits is not None:
+            raise ConfigError("double-quantized scales (scale_bits) need symmetric codes")
+        return {"codes": codes, "scales": scale, "zeros": zero}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
+        double = self.scale_bits is not None
         require(parts, "codes", "scales", *(() if self.symmetric else ("zeros",)),
-                stage=self.stage_id)
+                *(("scale_codes",) if double else ()), stage=self.stage_id)
         (rows, cols), group = as_rows(tuple(shape), self.group_size)
         n_groups = max(1, -(-cols // group))
-        expected = {"scales": (rows, n_groups), "zeros": (rows, n_groups)}
+        n_super = -(-rows * n_groups // self.super_group)
+        expected = {"scales": (n_super,) if double else (rows, n_groups),
+                    "zeros": (rows, n_groups), "scale_codes": (rows, n_groups)}
         for name, want in expected.items():
             if name in parts and parts[name].shape != want:
                 raise FormatError(f"{name} have shape {list(parts[name].shape)}, expected "
@@ -120,27 +175,42 @@ class UniformQuantize(Stage):
         if parts["codes"].size != rows * cols or np.dtype(dtype).kind not in "fV":
             raise FormatError(f"{parts['codes'].size} codes cannot decode to shape "
                               f"{list(shape)} of {np.dtype(dtype).name}")
-        levels = (1 << self.bits) - 1
-        zero = (np.int16(1 << (self.bits - 1)) if self.symmetric
-                else parts["zeros"].astype(np.int16)[..., None])
-        g = grouped(parts["codes"].reshape(rows, cols), group).astype(np.int16)
-        v = ((g + zero) & levels) - zero
-        x = (v * parts["scales"].astype(np.float32)[..., None]).reshape(rows, -1)[:, :cols]
-        return {"values": x.reshape(shape).astype(dtype)}
+        scales = parts["scales"].astype(np.float32).reshape(-1)
+        if double:
+            scales = sign_extend(parts["scale_codes"].reshape(-1), self.scale_bits) * np.repeat(
+                scales, self.super_group)[:rows * n_groups]
+        zero = (np.full(rows * n_groups, 1 << (self.bits - 1), np.int32) if self.symmetric
+                else parts["zeros"].reshape(-1).astype(np.int32))
+        codes = grouped(parts["codes"].reshape(rows, cols), group).reshape(-1, group)
+        x = kernels.dequantize(codes, scales.astype(np.float32), zero, self.bits)
+        x = x.reshape(rows, -1)[:, :cols]
+        return {"values": x.reshape(shape).astype(dtype, copy=False)}
+
+    def get_config(self) -> dict:
+        """Without the double-quantization fields when unused: files that do not need them
+        stay readable by modelpress versions that predate them."""
+        config = super().get_config()
+        if self.scale_bits is None:
+            del config["scale_bits"], config["super_group"]
+        return config
 
     def part_bits(self) -> dict[str, int]:
-        return {"codes": self.bits, "zeros": self.bits}
+        out = {"codes": self.bits, "zeros": self.bits}
+        if self.scale_bits is not None:
+            out["scale_codes"] = self.scale_bits
+        return out
 
     def code_bits(self) -> int:
         return self.bits
 
     def max_magnitude(self) -> float:
-        """The float16 scale max|x| / (2**(bits-1) - 1) must stay finite (affine needs less)."""
+        """The float16 scale max|x| / 2**(bits-1) must stay finite (affine needs less)."""
         return FLOAT16_MAX * ((1 << (self.bits - 1)) - 1)
 
     def describe(self) -> str:
         group = self.group_size if isinstance(self.group_size, str) else f"g{self.group_size}"
-        return f"q{self.bits} {group} {'sym' if self.symmetric else 'affine'}"
+        double = f" s{self.scale_bits}" if self.scale_bits is not None else ""
+        return f"q{self.bits} {group}{double} {'sym' if self.symmetric else 'affine'}"
 
 
 @register

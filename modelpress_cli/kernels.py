@@ -1,0 +1,258 @@
+"""Compiled inner loops: the per-group scale search, rounding, dequantization and rANS coding.
+
+numpy needs one full pass over a tensor per operation; a scale search over a few candidate
+scales per group would take dozens. numba compiles each loop below once per machine (cached on
+disk beside this file) and fuses the work into one or two passes, releasing the GIL so that
+tensors encode in parallel threads. fastmath lets the error sums vectorise: results are the
+same bytes on one machine, and may differ in the last place of a chosen scale across CPUs.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+JIT = {"cache": True, "nogil": True}
+FAST = {**JIT, "fastmath": True}
+
+
+@numba.njit(**FAST)
+def _group_error(row, scale, lo, hi):
+    """Squared error of rounding `row` to levels lo…hi times `scale`."""
+    inv = np.float32(1.0) / scale
+    err = np.float32(0.0)
+    for j in range(row.size):
+        q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
+        d = row[j] - q * scale
+        err += d * d
+    return err
+
+
+@numba.njit(**FAST)
+def _least_squares_scale(row, scale, lo, hi):
+    """The scale that best fits the codes `scale` gives: sum(x·q) / sum(q·q)."""
+    inv = np.float32(1.0) / scale
+    sxq = np.float32(0.0)
+    sqq = np.float32(0.0)
+    for j in range(row.size):
+        q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
+        sxq += row[j] * q
+        sqq += q * q
+    return sxq / sqq if sqq > 0 else scale
+
+
+@numba.njit(**FAST)
+def _signed_peak(row):
+    """The entry of largest magnitude, with its sign."""
+    peak = np.float32(0.0)
+    for j in range(row.size):
+        if abs(row[j]) > abs(peak):
+            peak = row[j]
+    return peak
+
+
+@numba.njit(**FAST)
+def search_scales(groups, lo, hi, ratios, refine):
+    """Per group (a row of `groups`), the scale with the least squared error.
+
+    Candidates are peak/lo·r for r in `ratios`: the peak maps to the extra negative level (as
+    llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then up
+    to `refine` least-squares updates (HQQ-style alternation), each kept only if it helps.
+    Returns float32 scales; 0 for all-zero groups.
+    """
+    lo = np.float32(lo)
+    hi = np.float32(hi)
+    out = np.zeros(groups.shape[0], np.float32)
+    for i in range(groups.shape[0]):
+        row = groups[i]
+        base = _signed_peak(row) / lo
+        if base == 0:
+            continue
+        best_err = np.float32(np.inf)
+        best = base
+        for r in ratios:
+            err = _group_error(row, base * r, lo, hi)
+            if err < best_err:
+                best_err = err
+                best = base * r
+        for _ in range(refine):
+            fitted = _least_squares_scale(row, best, lo, hi)
+            err = _group_error(row, fitted, lo, hi) if fitted != 0 else np.float32(np.inf)
+            if not err < best_err:
+                break
+            best_err = err
+            best = fitted
+        out[i] = best
+    return out
+
+
+@numba.njit(**FAST)
+def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
+    """Per group, the integer q in −qmax…qmax whose scale q·unit[i] has the least error.
+
+    The second level of double quantization: `unit` is the group's super-block scale. Tries
+    the integers nearest to each candidate of `search_scales`, then the least-squares fit.
+    """
+    lo = np.float32(lo)
+    hi = np.float32(hi)
+    out = np.zeros(groups.shape[0], np.int32)
+    for i in range(groups.shape[0]):
+        row = groups[i]
+        u = unit[i]
+        base = _signed_peak(row) / lo
+        if base == 0 or u == 0:
+            continue
+        best_err = np.float32(np.inf)
+        best = 0
+        for r in ratios:
+            q = int(min(max(np.rint(base * r / u), -qmax), qmax))
+            if q == 0:  # a group far below its super-block's peak: the finest step there is
+                q = 1 if base > 0 else -1
+            if q != best:
+                err = _group_error(row, q * u, lo, hi)
+                if err < best_err:
+                    best_err = err
+                    best = q
+        if best != 0:
+            fitted = _least_squares_scale(row, best * u, lo, hi)
+            q = int(min(max(np.rint(fitted / u), -qmax), qmax))
+            if q != 0 and q != best and _group_error(row, q * u, lo, hi) < best_err:
+                best = q
+        out[i] = best
+    return out
+
+
+@numba.njit(**FAST)
+def round_to_codes(groups, scales, lo, hi, bits):
+    """uint8 codes: round(x / scale) clipped to lo…hi, stored modulo 2**bits (0 stays 0)."""
+    lo = np.float32(lo)
+    hi = np.float32(hi)
+    mask = (1 << bits) - 1
+    out = np.empty(groups.shape, np.uint8)
+    for i in range(groups.shape[0]):
+        s = scales[i]
+        inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
+        for j in range(groups.shape[1]):
+            q = min(max(np.float32(np.rint(groups[i, j] * inv)), lo), hi)
+            out[i, j] = np.int32(q) & mask
+    return out
+
+
+@numba.njit(**JIT)
+def dequantize(codes, scales, zeros, bits):
+    """float32 values v·scale of (n_groups, group) codes, v the signed level of each code."""
+    mask = (1 << bits) - 1
+    out = np.empty(codes.shape, np.float32)
+    for i in range(codes.shape[0]):
+        s = scales[i]
+        z = zeros[i]
+        for j in range(codes.shape[1]):
+            out[i, j] = (((np.int32(codes[i, j]) + z) & mask) - z) * s
+    return out
+
+
+# rANS with a 64-bit state and 32-bit output words (docs/format.md, "pack.rans").
+RANS_LOW = np.uint64(1 << 31)
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@numba.njit(**JIT)
+def rans_encode(symbols, freqs, cums, prec, chunk):
+    """Encode `symbols` in independent chunks of `chunk`; returns (words, words per chunk).
+
+    Each chunk is coded last symbol first so that its decoder reads forward: its stream is the
+    final state (two words, low first), then the words that renormalization emitted.
+    """
+    n = symbols.size
+    n_chunks = (n + chunk - 1) // chunk
+    out = np.empty(n + 2 * n_chunks, np.uint32)  # at most one word per symbol
+    lengths = np.empty(n_chunks, np.uint32)
+    buf = np.empty(chunk + 2, np.uint32)
+    shift = np.uint64(prec)
+    bound = (RANS_LOW >> shift) << np.uint64(32)
+    written = 0
+    for c in range(n_chunks):
+        x = RANS_LOW
+        pos = buf.size
+        for k in range(min(n, (c + 1) * chunk) - 1, c * chunk - 1, -1):
+            s = symbols[k]
+            f = np.uint64(freqs[s])
+            if x >= bound * f:
+                pos -= 1
+                buf[pos] = np.uint32(x & MASK32)
+                x >>= np.uint64(32)
+            x = ((x // f) << shift) + (x % f) + np.uint64(cums[s])
+        pos -= 2
+        buf[pos] = np.uint32(x & MASK32)
+        buf[pos + 1] = np.uint32(x >> np.uint64(32))
+        size = buf.size - pos
+        out[written:written + size] = buf[pos:]
+        lengths[c] = size
+        written += size
+    return out[:written], lengths
+
+
+@numba.njit(**JIT)
+def _rans_decode_chunk(words, pos, end, freqs, cums, slot_symbol, prec, out, start, stop):
+    """Decode out[start:stop] from words[pos:end]; False if the stream is damaged."""
+    shift = np.uint64(prec)
+    mask = np.uint64((1 << prec) - 1)
+    if end - pos < 2:
+        return False
+    x = np.uint64(words[pos]) | (np.uint64(words[pos + 1]) << np.uint64(32))
+    pos += 2
+    for k in range(start, stop):
+        slot = x & mask
+        s = slot_symbol[slot]
+        out[k] = s
+        x = np.uint64(freqs[s]) * (x >> shift) + slot - np.uint64(cums[s])
+        if x < RANS_LOW:
+            if pos >= end:
+                return False
+            x = (x << np.uint64(32)) | np.uint64(words[pos])
+            pos += 1
+    return x == RANS_LOW and pos == end
+
+
+@numba.njit(**JIT)
+def rans_decode(words, starts, freqs, cums, slot_symbol, prec, chunk, n, first, last, out):
+    """Decode chunks first…last−1 into `out` (n symbols in all); False if any is damaged.
+
+    `starts[c]` is where chunk c's words begin (starts[-1] = words.size). Four chunks are
+    decoded in lockstep: their states are independent, so the CPU overlaps their latencies.
+    """
+    shift = np.uint64(prec)
+    mask = np.uint64((1 << prec) - 1)
+    c = first
+    while c + 4 <= last and (c + 4) * chunk <= n:
+        xs = np.empty(4, np.uint64)
+        pos = np.empty(4, np.int64)
+        for j in range(4):
+            p = starts[c + j]
+            if starts[c + j + 1] - p < 2:
+                return False
+            xs[j] = np.uint64(words[p]) | (np.uint64(words[p + 1]) << np.uint64(32))
+            pos[j] = p + 2
+        for k in range(chunk):
+            for j in range(4):
+                x = xs[j]
+                slot = x & mask
+                s = slot_symbol[slot]
+                out[(c + j) * chunk + k] = s
+                x = np.uint64(freqs[s]) * (x >> shift) + slot - np.uint64(cums[s])
+                if x < RANS_LOW:
+                    if pos[j] >= starts[c + j + 1]:
+                        return False
+                    x = (x << np.uint64(32)) | np.uint64(words[pos[j]])
+                    pos[j] += 1
+                xs[j] = x
+        for j in range(4):
+            if xs[j] != RANS_LOW or pos[j] != starts[c + j + 1]:
+                return False
+        c += 4
+    while c < last:
+        if not _rans_decode_chunk(words, starts[c], starts[c + 1], freqs, cums, slot_symbol,
+                                  prec, out, c * chunk, min(n, (c + 1) * chunk)):
+            return False
+        c += 1
+    return True
