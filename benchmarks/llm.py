@@ -168,11 +168,12 @@ def make_model(workdir: Path, size_gb: float, dtype: str) -> tuple[Path, list[Te
 def run_child(args: dict) -> dict:
     """What the child reports (seconds, peak RSS in bytes, ...), from a fresh interpreter."""
     # Peak RSS comes from the child's own VmHWM: ru_maxrss would include the parent's at fork.
-    # PYTHONPATH: the child imports this checkout's modelpress_cli, as the parent does.
+    # cwd and PYTHONPATH: the child imports this checkout's modelpress_cli, as the parent does
+    # (`python -c` puts the working folder first on sys.path).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run([sys.executable, "-c", CHILD, repr(args)], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=env, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"benchmark run failed: {args}\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -290,7 +291,7 @@ def print_table(result: dict) -> None:
           f"{model['largest_tensor']} {model['largest_tensor_bytes'] / MB:.0f} MB)")
     print(f"{m['machine']}, {m['cpu_count']} cores, Python {m['python']}, numpy {m['numpy']}, "
           f"gguf {m['gguf']}; median of {result['repeat']}; modelpress at "
-          f"{(m['commit'] or 'no git commit')[:10]}"
+          f"{m['commit'][:10] if m['commit'] else 'a folder outside git'}"
           f"{' + uncommitted changes' if m['uncommitted_changes'] else ''}")
     print(f"{'setting':22} {'ratio':>6} {'bits/w':>7} {'comp MB/s':>10} {'decomp MB/s':>12} "
           f"{'comp RSS':>9} {'decomp RSS':>10}  bound")
@@ -365,6 +366,7 @@ def main() -> None:
     if opts.repeat < 1 or opts.size_gb <= 0:
         parser.error("--repeat and --size-gb must be positive")
     facts = machine_facts()
+    opts.workdir = opts.workdir.resolve()  # the children run in ROOT
     opts.workdir.mkdir(parents=True, exist_ok=True)
     src, infos = make_model(opts.workdir, opts.size_gb, opts.dtype)
     largest = max(infos, key=lambda i: i.n_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -24,6 +25,7 @@ from .formats.sharded import ShardedReader, write_sharded
 from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
+from .stages import UniformQuantize
 from .stages.base import describe_chain
 
 #: A progress callback: (tensor name, bytes done, bytes in all).
@@ -189,18 +191,28 @@ class _Encoded:
 
 
 def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
-    """Plan, encode and measure one tensor (on a worker thread)."""
+    """Plan, encode and measure one tensor (on a worker thread). With --method auto, each
+    method is tried and the one with the least error at no more bytes than uniform kept."""
     non_finite = count_non_finite(x)
-    stages, note = plan(info, x, opts, non_finite)
+    tries = [opts] if opts.method != "auto" else [
+        dataclasses.replace(opts, method=m) for m in ("uniform", "kmeans", "nf")]
+    candidates = []
+    for tried in tries:
+        stages, note = plan(info, x, tried, non_finite)
+        blocks = encode(x, stages)
+        y = decode(blocks, stages, info)  # the true round trip, from the bytes to be written
+        errors = measure(x, y, any(s.lossy for s in stages))
+        size = sum(block.length for block, _ in blocks.values())
+        candidates.append((stages, note, blocks, errors, _zero_fraction(y), size))
+        if not any(isinstance(s, UniformQuantize) for s in stages):
+            break  # kept lossless: the other methods would be too
+    limit = candidates[0][5] * 1.01  # "the same size": no more than uniform's bytes
+    stages, note, blocks, errors, zeros, size = min(
+        (c for c in candidates if c[5] <= limit), key=lambda c: c[3].sum_sq_err)
     digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
               hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
-    blocks = encode(x, stages)
-    y = decode(blocks, stages, info)  # the true round trip, from the bytes to be written
-    errors = measure(x, y, any(s.lossy for s in stages))
     row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages), _bits(stages, x),
-                    _zero_fraction(y), info.n_bytes,
-                    sum(block.length for block, _ in blocks.values()), info.size, errors, note,
-                    non_finite, opts.rule)
+                    zeros, info.n_bytes, size, info.size, errors, note, non_finite, opts.rule)
     return _Encoded(digest, stages, blocks, row)
 
 

@@ -13,14 +13,18 @@ from .errors import ConfigError, IntegrityError
 from .formats.base import DTYPES, FLOAT_DTYPES, TensorInfo
 from .stages import (
     BytePlanes,
+    CodebookQuantize,
     HalfCast,
     MagnitudePrune,
+    RansPack,
     SparsePack,
+    StepQuantize,
     StructuredPack,
     StructuredPrune,
     UniformQuantize,
 )
 from .stages.base import Stage, decode_chain
+from .stages.quantize import MAX_STEP_CODE
 
 DEFAULT_GROUP_SIZE = 64
 DEFAULT_MIN_ELEMENTS = 4096
@@ -42,6 +46,14 @@ class Options:
     embed_bits: embeddings and output heads (names like embed_tokens, wte, tok_emb, lm_head)
       get at least this many bits: models are most sensitive there, which is why GPTQ and
       bitsandbytes leave them unquantized and llama.cpp gives its output tensor 6 bits.
+    method: how --bits codes are made: "uniform" (searched scales per group), "kmeans" (one
+      fitted codebook), "nf" (normal-float levels times a scale per group), or "auto" (per
+      tensor, whichever of the three has the least error).
+    scale_bits: double-quantize uniform scales to this many bits (K-quants style).
+    target_bpw, min_sqnr, max_rel_error: the entropy-constrained mode instead of --bits: one
+      step per tensor, codes entropy-coded with rANS; the smallest file for an average bits
+      per weight (whole file), or per tensor for a least SQNR in dB or a largest relative
+      error. step: that step, when already chosen (the target-bpw allocation sets it).
     keep, rule, forced: set by a recipe rule (recipe.py): keep the tensor exact; the rule's
       label; whether the rule set bits, prune or nm itself, so that the tensor gets them
       whatever its size, rank or name.
@@ -56,6 +68,12 @@ class Options:
     min_elements: int = DEFAULT_MIN_ELEMENTS
     quantize_1d: bool = False
     embed_bits: int = 8
+    method: str = "uniform"
+    scale_bits: int | None = None
+    target_bpw: float | None = None
+    min_sqnr: float | None = None
+    max_rel_error: float | None = None
+    step: float | None = None
     keep: bool = False
     rule: str | None = None
     forced: bool = False
@@ -64,7 +82,24 @@ class Options:
         if self.bits is not None and not (_is_int(self.bits) and self.bits in (*range(2, 9), 16)):
             raise ConfigError(f"--bits must be 2 to 8 or 16, got {self.bits!r}")
         if self.bits in range(2, 9):
-            UniformQuantize(self.bits, self.group_size, self.symmetric)  # validates
+            UniformQuantize(self.bits, self.group_size, self.symmetric, self.scale_bits)
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, "
+                              f"got {self.method!r}")
+        targets = [n for n in ("target_bpw", "min_sqnr", "max_rel_error")
+                   if getattr(self, n) is not None]
+        if len(targets) > 1 or (targets and (self.bits is not None or self.prune or self.nm)):
+            raise ConfigError("choose one of --bits, --target-bpw, --min-sqnr and "
+                              "--max-rel-error (pruning goes with --bits only)")
+        for name, low, high in (("target_bpw", 0.1, 32.0), ("min_sqnr", 0.0, 150.0),
+                                ("max_rel_error", 1e-7, 1.0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not low <= value <= high):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number in "
+                                  f"{low:g}…{high:g}, got {value!r}")
+        if self.step is not None:
+            StepQuantize(self.step)
         MagnitudePrune(self.prune)
         HalfCast(self.half)
         if not (_is_int(self.embed_bits) and self.embed_bits in range(2, 9)):
@@ -87,7 +122,24 @@ class Options:
 
     @property
     def lossy(self) -> bool:
-        return not self.keep and (self.bits is not None or self.prune > 0 or self.nm is not None)
+        return not self.keep and (self.bits is not None or self.prune > 0 or self.nm is not None
+                                  or self.entropy_coded)
+
+    @property
+    def entropy_coded(self) -> bool:
+        """The entropy-constrained mode: a step per tensor instead of fixed-width codes."""
+        return any(v is not None for v in (self.target_bpw, self.min_sqnr, self.max_rel_error,
+                                           self.step))
+
+    @property
+    def wanted_sqnr_db(self) -> float | None:
+        """The per-tensor SQNR that --min-sqnr or --max-rel-error asks for."""
+        if self.max_rel_error is not None:
+            return -20 * np.log10(self.max_rel_error)
+        return self.min_sqnr
+
+
+METHODS = ("uniform", "kmeans", "nf", "auto")
 
 
 def _is_int(value) -> bool:
@@ -123,6 +175,8 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         return lossless, "1-D"
     if not options.forced and info.size < options.min_elements:
         return lossless, f"< {options.min_elements} elements"
+    if options.entropy_coded:
+        return _plan_step(x, options, non_finite, lossless)
     bits, prune, nm = options.bits, options.prune, options.nm
     if not options.forced and EMBEDDING.search(info.name):
         prune, nm = 0.0, None
@@ -137,7 +191,7 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         stages.append(StructuredPrune(*options.nm_pattern))
     part, values_dtype = "values", info.dtype
     if bits in range(2, 9):
-        stages.append(UniformQuantize(bits, options.group_size, options.symmetric))
+        stages.append(quantizer(bits, options))
         part = "codes"
     elif bits == 16 and DTYPES[info.dtype].itemsize > 2:
         stages.append(HalfCast(options.half))
@@ -156,6 +210,51 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
     if part == "values":
         stages.append(BytePlanes(values_dtype))
     return stages, None
+
+
+def quantizer(bits: int, options: Options, method: str | None = None) -> Stage:
+    """The --bits stage for a method ("auto" plans uniform; the caller tries the others)."""
+    method = method or options.method
+    if method in ("kmeans", "nf"):
+        return CodebookQuantize(bits, method, options.group_size)
+    return UniformQuantize(bits, options.group_size, options.symmetric, options.scale_bits)
+
+
+def _plan_step(x: np.ndarray, options: Options, non_finite: int,
+               lossless: list[Stage]) -> tuple[list[Stage], str | None]:
+    """The entropy-constrained chain: a step per tensor, then rANS over the codes."""
+    if non_finite:
+        return lossless, f"{non_finite} NaN/Inf kept exact"
+    step = options.step if options.step is not None else find_step(x, options.wanted_sqnr_db)
+    if step is None or float(np.abs(x).max()) / step >= MAX_STEP_CODE:
+        return lossless, "step too fine for the codes: kept exact"
+    quantize = StepQuantize(step)
+    return [quantize, RansPack.fit(quantize.encode({"values": x})["codes"])], None
+
+
+def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
+    """The largest step (to 1%) whose rounding error keeps SQNR ≥ sqnr_db; None if x is 0.
+
+    Starts from the high-rate rule MSE = step²/12 and corrects by the measured error: a few
+    passes, each one rounding of the tensor.
+    """
+    flat = x.reshape(-1).astype(np.float64)
+    power = float(flat @ flat) / flat.size
+    if power == 0:
+        return None
+    wanted = power * 10 ** (-sqnr_db / 10)
+    step = float(np.sqrt(12 * wanted))
+    best = None
+    for _ in range(8):
+        err = flat - np.rint(flat / step) * step
+        mse = float(err @ err) / flat.size
+        if mse <= wanted:
+            best = step if best is None else max(best, step)
+            if mse >= wanted * 0.98:
+                break
+        ratio = np.sqrt(wanted / mse) if mse > 0 else 2.0
+        step *= float(np.clip(ratio, 0.5, 2.0)) * (0.995 if mse > wanted else 1.0)
+    return best if best is not None else step * 0.5
 
 
 def encode(x: np.ndarray, stages: list[Stage]) -> dict[str, tuple[Block, bytes]]:

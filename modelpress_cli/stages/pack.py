@@ -1,13 +1,16 @@
-"""Lossless layouts: sparse storage of zeros, and ZipNN-style byte planes for floats."""
+"""Lossless layouts: sparse zeros, N:M positions, ZipNN-style byte planes, rANS coding."""
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, IntegrityError
 from ..formats.base import DTYPES
 from .base import Parts, Stage, register, require
@@ -158,3 +161,123 @@ class StructuredPack(Stage):
 
     def describe(self) -> str:
         return ""  # the pruning stage already says "2:4 sparse"
+
+
+RANS_CHUNK = 1 << 16     # symbols per independent stream: 12 bytes of overhead per 65536
+MAX_RANS_PREC = 20       # probability resolution 2**-20; the decoder's table has 2**prec entries
+MAX_ALPHABET = 1 << 20
+
+
+def normalized_freqs(counts: np.ndarray, prec: int) -> np.ndarray:
+    """Frequencies summing to 2**prec, each symbol that occurs getting at least 1.
+
+    Scales the counts by the largest factor whose rounded sum still fits, then gives what is
+    left to the most frequent symbol, where it costs the fewest bits.
+    """
+    total = 1 << prec
+    present = counts > 0
+    lo, hi = 0.0, total / counts.sum()
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if np.where(present, np.maximum(1, np.floor(counts * mid)), 0).sum() <= total:
+            lo = mid
+        else:
+            hi = mid
+    freqs = np.where(present, np.maximum(1, np.floor(counts * lo)), 0).astype(np.int64)
+    freqs[np.argmax(counts)] += total - freqs.sum()
+    return freqs.astype(np.uint32)
+
+
+def rans_precision(counts: np.ndarray) -> int:
+    """2**prec at least 256 times the symbols that occur: rounding then costs < 0.5%."""
+    used = max(2, int(np.count_nonzero(counts)))
+    return int(min(MAX_RANS_PREC, max(12, math.ceil(math.log2(used)) + 8)))
+
+
+@register
+@dataclass(frozen=True)
+class RansPack(Stage):
+    """Entropy-code one integer part with rANS: each code costs about −log2 of its frequency.
+
+    zstd's Huffman stage spends a whole bit on symbols more likely than 1/2 and cannot code
+    alphabets beyond 256; rANS (Duda's asymmetric numeral systems) comes within 0.1% of the
+    codes' order-0 entropy. Symbols are code − offset; the parts are their frequencies
+    (scaled to sum to 2**prec), the 32-bit words of independent streams of `chunk` symbols,
+    and each stream's length in words. See docs/format.md for the exact coder.
+    """
+
+    stage_id: ClassVar[str] = "pack.rans"
+    lossy: ClassVar[bool] = False
+    part: str = "codes"
+    offset: int = 0
+    prec: int = 16
+    chunk: int = RANS_CHUNK
+
+    def __post_init__(self) -> None:
+        for name, value, low, high in (("offset", self.offset, -(1 << 31), (1 << 31) - 1),
+                                       ("prec", self.prec, 1, MAX_RANS_PREC),
+                                       ("chunk", self.chunk, 1, 1 << 24)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"rANS {name} must be an integer in {low}…{high}, "
+                                  f"got {value!r}")
+        if self.part not in ("codes", "values"):
+            raise ConfigError(f"rANS part must be 'codes' or 'values', got {self.part!r}")
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, part: str = "codes") -> RansPack:
+        """The coder for these codes: their smallest value as offset, a precision to match."""
+        offset = int(codes.min(initial=0))
+        counts = np.bincount(codes.reshape(-1).astype(np.int64) - offset)
+        return cls(part, offset, rans_precision(counts))
+
+    def encode(self, parts: Parts) -> Parts:
+        symbols = parts[self.part].reshape(-1).astype(np.int64) - self.offset
+        if symbols.size and (symbols.min() < 0 or symbols.max() >= MAX_ALPHABET):
+            raise ConfigError(f"codes outside {self.offset}…{self.offset + MAX_ALPHABET - 1}")
+        symbols = symbols.astype(np.uint32)
+        freqs = normalized_freqs(np.bincount(symbols), self.prec)
+        cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
+        words, lengths = kernels.rans_encode(symbols, freqs, cums, self.prec, self.chunk)
+        out = {k: v for k, v in parts.items() if k != self.part}
+        return {**out, "freqs": freqs, "words": words, "lengths": lengths}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        require(parts, "freqs", "words", "lengths", stage=self.stage_id)
+        freqs = parts["freqs"].reshape(-1).astype(np.uint32)
+        words = np.ascontiguousarray(parts["words"].reshape(-1), dtype=np.uint32)
+        lengths = parts["lengths"].reshape(-1).astype(np.int64)
+        n = prod(shape)
+        if not 0 < freqs.size <= MAX_ALPHABET or int(freqs.sum(dtype=np.uint64)) != 1 << self.prec:
+            raise IntegrityError(f"rANS frequencies must sum to 2**{self.prec}")
+        if lengths.size != -(-n // self.chunk) or int(lengths.sum()) != words.size:
+            raise IntegrityError(f"rANS stream lengths do not cover {words.size} words "
+                                 f"in {-(-n // self.chunk)} chunks")
+        cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
+        slot_symbol = np.repeat(np.arange(freqs.size, dtype=np.uint32), freqs)
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        symbols = np.empty(n, np.uint32)
+        ok = _in_halves(lambda first, last: kernels.rans_decode(
+            words, starts, freqs, cums, slot_symbol, self.prec, self.chunk, n, first, last,
+            symbols), lengths.size, n)
+        if not ok:
+            raise IntegrityError("rANS stream is damaged: it does not decode to its length")
+        codes = symbols.view(np.int32)
+        codes += np.int32(self.offset)
+        out = {k: v for k, v in parts.items() if k not in ("freqs", "words", "lengths")}
+        return {**out, self.part: codes.reshape(shape)}
+
+    def describe(self) -> str:
+        return "rANS"
+
+
+_DECODE_POOL = ThreadPoolExecutor(2, thread_name_prefix="modelpress-rans")
+
+
+def _in_halves(decode, n_chunks: int, n: int) -> bool:
+    """Run decode(first, last) over the chunks, in two threads when there is enough work."""
+    if n < 1 << 22 or n_chunks < 8:
+        return bool(decode(0, n_chunks))
+    half = n_chunks // 2 // 4 * 4  # whole groups of four for the lockstep decoder
+    second = _DECODE_POOL.submit(decode, half, n_chunks)
+    first = decode(0, half)
+    return bool(first) and bool(second.result())

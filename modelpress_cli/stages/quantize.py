@@ -1,9 +1,10 @@
-"""Uniform integer quantization and the float16/bfloat16 cast."""
+"""Quantizers: uniform integer codes, codebooks, one step per tensor, and the half cast."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from math import prod
 from typing import ClassVar
 
 import ml_dtypes
@@ -243,3 +244,180 @@ class HalfCast(Stage):
         finfo = ml_dtypes.finfo(DTYPES[self.to])
         top = float(finfo.max)
         return top + 2.0 ** (math.floor(math.log2(top)) - finfo.nmant - 1)
+
+
+def normal_float_codebook(bits: int) -> np.ndarray:
+    """NF-b levels (QLoRA's NF4 for b = 4): normal quantiles scaled to [−1, 1], 0 included.
+
+    2**(b−1) positive and 2**(b−1) − 1 negative levels at evenly spaced probabilities, so
+    each level is equally likely for normal weights. Entry 0 is the value 0.
+    """
+    from statistics import NormalDist
+
+    edge = 0.5 * (1 + 0.9677083 ** (4 / bits))  # NF4's outermost probability at b = 4
+    inv = NormalDist().inv_cdf
+    pos = [inv(p) for p in np.linspace(edge, 0.5, (1 << (bits - 1)) + 1)[:-1]]
+    neg = [-inv(p) for p in np.linspace(edge, 0.5, 1 << (bits - 1))[:-1]]
+    levels = np.array(pos + neg) / max(pos)
+    return np.concatenate([[0.0], np.sort(levels)]).astype(np.float32)
+
+
+def nearest_codes(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of the nearest codebook entry for each value (ties to the lower one)."""
+    order = np.argsort(codebook, kind="stable")
+    ordered = codebook[order].astype(np.float32)
+    edges = (ordered[1:] + ordered[:-1]) / 2
+    return order[np.searchsorted(edges, x, side="left")].astype(np.uint8)
+
+
+def kmeans_codebook(x: np.ndarray, k: int, iterations: int = 25) -> np.ndarray:
+    """k levels with the least squared error on x (1-D Lloyd), entry 0 held at 0.
+
+    Lloyd runs on a 65536-bin histogram (sums and counts per bin), so each iteration costs
+    O(bins) instead of a pass over the tensor; quantile initialisation makes it deterministic.
+    The zero level keeps pruned weights exact, as Deep Compression's shared weights do not.
+    """
+    flat = x.reshape(-1).astype(np.float32, copy=False)
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo == hi:
+        return np.concatenate([[0.0], np.full(k - 1, lo)]).astype(np.float32)
+    bins = 1 << 16
+    index = np.clip(((flat - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    sums = np.bincount(index, weights=flat, minlength=bins)
+    centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    cdf = np.cumsum(counts) / counts.sum()
+    levels = centers[np.minimum(np.searchsorted(cdf, (np.arange(k - 1) + 0.5) / (k - 1)),
+                                bins - 1)]
+    levels = np.concatenate([[0.0], levels])
+    for _ in range(iterations):
+        order = np.argsort(levels, kind="stable")
+        edges = (levels[order][1:] + levels[order][:-1]) / 2
+        member = order[np.searchsorted(edges, centers)]
+        weight = np.bincount(member, weights=counts, minlength=k)
+        total = np.bincount(member, weights=sums, minlength=k)
+        new = np.where(weight > 0, total / np.maximum(weight, 1), levels)
+        new[0] = 0.0
+        if np.array_equal(new, levels):
+            break
+        levels = new
+    return levels.astype(np.float32)
+
+
+CODEBOOK_METHODS = ("kmeans", "nf")
+
+
+@register
+@dataclass(frozen=True)
+class CodebookQuantize(Stage):
+    """Each weight becomes a b-bit index into 2**b levels: value = codebook[code] · scale.
+
+    "kmeans": one codebook fitted to the whole tensor (weight sharing as in Deep Compression),
+    no scales. "nf": the fixed normal-float levels (QLoRA's NF4 for 4 bits) with a float16
+    scale per group, the group's largest |weight|. Codebook entry 0 is always 0.
+    """
+
+    stage_id: ClassVar[str] = "quantize.codebook"
+    bits: int
+    method: str = "kmeans"
+    group_size: int | str = 64  # for "nf": values per scale along the last axis
+
+    def __post_init__(self) -> None:
+        UniformQuantize(self.bits, self.group_size)  # the same bounds on bits and groups
+        if self.method not in CODEBOOK_METHODS:
+            raise ConfigError(f"codebook method must be kmeans or nf, got {self.method!r}")
+
+    def encode(self, parts: Parts) -> Parts:
+        x = parts["values"].astype(np.float32, copy=False)
+        if self.method == "kmeans":
+            codebook = kmeans_codebook(x, 1 << self.bits)
+            return {"codes": nearest_codes(x, codebook).reshape(x.shape), "codebook": codebook}
+        codebook = normal_float_codebook(self.bits)
+        (rows, cols), group = as_rows(x.shape, self.group_size)
+        g = grouped(x.reshape(rows, cols), group)
+        scale = round_up_float16(np.abs(g).max(axis=2).astype(np.float64))
+        safe = np.where(scale > 0, scale.astype(np.float32), 1)
+        codes = nearest_codes(g / safe[..., None], codebook)
+        codes = codes.reshape(rows, -1)[:, :cols].reshape(x.shape)
+        return {"codes": codes, "codebook": codebook, "scales": scale}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        require(parts, "codes", "codebook", *(("scales",) if self.method == "nf" else ()),
+                stage=self.stage_id)
+        codebook = parts["codebook"].astype(np.float32).reshape(-1)
+        if codebook.size != 1 << self.bits or parts["codes"].size != prod(shape) \
+                or np.dtype(dtype).kind not in "fV":
+            raise FormatError(f"a {codebook.size}-entry codebook and {parts['codes'].size} "
+                              f"codes cannot decode to shape {list(shape)} of "
+                              f"{np.dtype(dtype).name} at {self.bits} bits")
+        values = codebook[parts["codes"].reshape(-1).astype(np.intp) & (codebook.size - 1)]
+        if self.method == "nf":
+            (rows, cols), group = as_rows(tuple(shape), self.group_size)
+            n_groups = max(1, -(-cols // group))
+            scales = parts["scales"]
+            if scales.shape != (rows, n_groups):
+                raise FormatError(f"scales have shape {list(scales.shape)}, expected "
+                                  f"{[rows, n_groups]} for groups of {self.group_size}")
+            g = grouped(values.reshape(rows, cols), group) * scales.astype(np.float32)[..., None]
+            values = g.reshape(rows, -1)[:, :cols]
+        return {"values": values.reshape(shape).astype(dtype, copy=False)}
+
+    def part_bits(self) -> dict[str, int]:
+        return {"codes": self.bits}
+
+    def code_bits(self) -> int:
+        return self.bits
+
+    def max_magnitude(self) -> float:
+        return FLOAT16_MAX if self.method == "nf" else float(np.finfo(np.float32).max)
+
+    def describe(self) -> str:
+        if self.method == "kmeans":
+            return f"kmeans{self.bits}"
+        group = self.group_size if isinstance(self.group_size, str) else f"g{self.group_size}"
+        return f"nf{self.bits} {group}"
+
+
+#: Codes of the step quantizer are int32; the entropy coder's alphabet is bounded by this.
+MAX_STEP_CODE = 1 << 15
+
+
+@register
+@dataclass(frozen=True)
+class StepQuantize(Stage):
+    """Round each weight to the nearest multiple of one step: value = code · step.
+
+    The entropy-constrained mode: no fixed width, so the codes' range follows the weights'
+    and the entropy coder that follows stores each at about its information content.
+    """
+
+    stage_id: ClassVar[str] = "quantize.step"
+    step: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \
+                or not (0 < self.step < float("inf")):
+            raise ConfigError(f"step must be a positive number, got {self.step!r}")
+
+    def encode(self, parts: Parts) -> Parts:
+        x = parts["values"]
+        codes = np.rint(x.astype(np.float64) / self.step)
+        if np.abs(codes).max(initial=0) > MAX_STEP_CODE:
+            raise ConfigError(f"step {self.step:.3g} gives codes beyond ±{MAX_STEP_CODE}")
+        return {"codes": codes.astype(np.int32)}
+
+    def decode(self, parts: Parts, shape, dtype) -> Parts:
+        require(parts, "codes", stage=self.stage_id)
+        codes = parts["codes"]
+        if codes.size != prod(shape) or codes.dtype.kind not in "iu" \
+                or np.dtype(dtype).kind not in "fV":
+            raise FormatError(f"{codes.size} {codes.dtype} codes cannot decode to shape "
+                              f"{list(shape)} of {np.dtype(dtype).name}")
+        values = (codes.reshape(shape) * np.float64(self.step)).astype(dtype)
+        return {"values": values}
+
+    def max_magnitude(self) -> float:
+        return self.step * MAX_STEP_CODE
+
+    def describe(self) -> str:
+        return f"step {self.step:.3g}"
