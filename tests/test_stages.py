@@ -11,24 +11,31 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from modelpress_cli.errors import FormatError
+from modelpress_cli.container import encode_block
+from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import DTYPES, TensorInfo
 from modelpress_cli.pipeline import decode, encode
 from modelpress_cli.stages import (
     REGISTRY,
     BytePlanes,
+    CodebookQuantize,
     HalfCast,
     MagnitudePrune,
+    RansPack,
     SparsePack,
+    StepQuantize,
     StructuredPack,
     StructuredPrune,
     UniformQuantize,
     stage_from_config,
 )
+from modelpress_cli.stages.quantize import normal_float_codebook
 
 EXAMPLES = [MagnitudePrune(0.5), UniformQuantize(4, 32, False), UniformQuantize(8, "channel"),
             HalfCast("bfloat16"), SparsePack("values"), BytePlanes("float16"),
-            StructuredPrune(2, 4), StructuredPack("codes", 1, 8)]
+            StructuredPrune(2, 4), StructuredPack("codes", 1, 8), UniformQuantize(4, 16, True, 7),
+            CodebookQuantize(3, "kmeans"), CodebookQuantize(4, "nf", 32), StepQuantize(0.01),
+            RansPack("codes", -5, 14)]
 
 
 def float_tensors(max_dims: int = 4):
@@ -211,3 +218,75 @@ def test_two_of_four_packs_to_two_bits_of_position_per_kept_value(bits, limit_bp
     assert positions.bits == 2 and positions.shape == (x.size // 4, 2)
     stored = sum(b.length for name, (b, _) in blocks.items() if name != "scales")
     assert stored * 8 / x.size <= limit_bpw  # (bits + 2) / 2 per weight, before scales
+
+
+@given(x=float_tensors(), bits=st.integers(2, 8), method=st.sampled_from(["kmeans", "nf"]))
+def test_codebook_values_are_the_nearest_level(x, bits, method):
+    stage = CodebookQuantize(bits, method, 32)
+    parts = stage.encode({"values": x})
+    y = round_trip(x, [stage])
+    assert y.shape == x.shape and np.all(y[x == 0] == 0)
+    levels = parts["codebook"].astype(np.float64)
+    assert levels[0] == 0 and levels.size == 2 ** bits
+    if method == "kmeans":  # no level is nearer to any weight than the one it got
+        dist = np.abs(x.reshape(-1, 1).astype(np.float64) - levels)
+        got = np.abs(x.reshape(-1).astype(np.float64) - y.reshape(-1))
+        assert np.all(got <= dist.min(axis=1) * (1 + 1e-6) + 1e-7)
+
+
+def test_kmeans_and_nf_beat_uniform_levels_on_their_own_ground():
+    rng = np.random.default_rng(0)
+    def sqnr(x, stage):
+        e = (x - round_trip(x, [stage])).astype(np.float64)
+        return 10 * np.log10((x.astype(np.float64) ** 2).sum() / (e ** 2).sum())
+    bimodal = np.concatenate([rng.normal(-1, 0.05, 4096), rng.normal(3, 0.05, 4096)])
+    bimodal = rng.permutation(bimodal).astype(np.float32).reshape(64, 128)
+    assert sqnr(bimodal, CodebookQuantize(2, "kmeans")) > sqnr(bimodal, UniformQuantize(2)) + 10
+    gauss = rng.normal(0, 1, (256, 256)).astype(np.float32)
+    assert sqnr(gauss, CodebookQuantize(4, "nf", 64)) > 19  # NF4's known ~20 dB on normals
+    assert CodebookQuantize(4, "nf").encode({"values": gauss})["codebook"][0] == 0
+
+
+def test_normal_float_levels_match_qlora_nf4():
+    nf4 = normal_float_codebook(4)
+    assert nf4.size == 16 and nf4.min() == -1 and nf4.max() == 1
+    assert np.allclose(np.sort(nf4)[[1, 7, 8, 14]], [-0.6962, 0.0, 0.0796, 0.7230], atol=2e-4)
+
+
+@given(x=float_tensors(), step=st.floats(0.01, 10))
+def test_step_codes_are_within_half_a_step(x, step):
+    stage = StepQuantize(step)
+    coded = [stage, RansPack.fit(stage.encode({"values": x})["codes"])]
+    y = round_trip(x, coded)
+    assert y.shape == x.shape
+    assert np.all(np.abs(y.astype(np.float64) - x) <= step / 2 * (1 + 1e-6) + 1e-6 * np.abs(x))
+
+
+@pytest.mark.parametrize(("n", "p"), [(1 << 20, 0.5), (300_000, 0.05), (5, 0.5)])
+def test_rans_is_exact_and_within_a_percent_of_the_empirical_entropy(n, p):
+    codes = np.random.default_rng(1).geometric(p, n).astype(np.int32) - 3  # known law
+    stage = RansPack.fit(codes)
+    parts = stage.encode({"codes": codes})
+    back = stage.decode(parts, codes.shape, np.float32)["codes"]
+    assert np.array_equal(back, codes)
+    _, counts = np.unique(codes, return_counts=True)
+    entropy_bits = -(counts * np.log2(counts / n)).sum()
+    stored_bits = 8 * sum(encode_block(v, None)[0].length for v in parts.values())
+    if n > 1000:  # tables and stream heads are fixed costs: small inputs cannot amortise them
+        assert stored_bits <= entropy_bits * 1.01 + 64 * 8
+
+
+def test_rans_refuses_damaged_streams():
+    codes = np.random.default_rng(2).integers(-9, 9, 200_000).astype(np.int32)
+    stage = RansPack.fit(codes)
+    parts = stage.encode({"codes": codes})
+    for damage in ("word", "length", "freq"):
+        bad = {k: v.copy() for k, v in parts.items()}
+        if damage == "word":
+            bad["words"][len(bad["words"]) // 2] ^= 0x5A5A5A5A
+        elif damage == "length":
+            bad["lengths"][0] += 1
+        else:
+            bad["freqs"][3] += 1
+        with pytest.raises(IntegrityError):
+            stage.decode(bad, codes.shape, np.float32)

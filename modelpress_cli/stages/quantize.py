@@ -254,7 +254,8 @@ def normal_float_codebook(bits: int) -> np.ndarray:
     """
     from statistics import NormalDist
 
-    edge = 0.5 * (1 + 0.9677083 ** (4 / bits))  # NF4's outermost probability at b = 4
+    n = 1 << bits
+    edge = 1 - 0.5 * (1 / (2 * (n - 1)) + 1 / (2 * n))  # QLoRA's 0.9677083 at b = 4
     inv = NormalDist().inv_cdf
     pos = [inv(p) for p in np.linspace(edge, 0.5, (1 << (bits - 1)) + 1)[:-1]]
     neg = [-inv(p) for p in np.linspace(edge, 0.5, 1 << (bits - 1))[:-1]]
