@@ -16,16 +16,26 @@ from typing import Any
 
 import numpy as np
 
+from .allocate import EMBEDDING_WEIGHT, allocate, measure_curve
 from .atomic import atomic_folder, atomic_output, check_output
 from .container import MpzReader, MpzWriter
 from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
 from .formats.sharded import ShardedReader, write_sharded
-from .pipeline import ErrorStats, Options, count_non_finite, decode, encode, measure, plan
+from .pipeline import (
+    EMBEDDING,
+    ErrorStats,
+    Options,
+    count_non_finite,
+    decode,
+    encode,
+    measure,
+    plan,
+)
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
-from .stages import UniformQuantize
+from .stages import StepQuantize, UniformQuantize
 from .stages.base import describe_chain
 
 #: A progress callback: (tensor name, bytes done, bytes in all).
@@ -91,8 +101,13 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
             eval_command, src, eval_key, which="original")
         started = time.perf_counter()
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress,
-                                  threads or os.cpu_count() or 1)
+            threads = threads or os.cpu_count() or 1
+            if opts.target_bpw is None:
+                rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress,
+                                      threads)
+            else:
+                rows = _compress_to_budget(reader, src, input_bytes, tmp, opts, recipe,
+                                           progress, threads)
             out_bytes = tmp.stat().st_size
     finally:
         reader.close()
@@ -127,12 +142,69 @@ def _warnings(rows: list[TensorRow], opts: Options, recipe: Recipe | None) -> li
     return out
 
 
+INDEX_BYTES_PER_TENSOR = 700  # JSON entry, block alignment: an estimate, corrected below
+
+
+def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
+                        opts: Options, recipe: Recipe | None, progress: Progress | None,
+                        threads: int) -> list[TensorRow]:
+    """--target-bpw: measure every tensor's rate-distortion curve (one read of the input),
+    share the budget (allocate.py), then compress; if the file misses the target by more than
+    1%, correct the budget by the miss and compress again (at most twice more)."""
+    curves, fixed_bytes, n_params = [], 32 + 16, 0
+    for info in reader.infos():
+        tensor_opts = _tensor_options(info, opts, recipe)
+        x = reader.read(info.name)
+        n_params += info.size
+        fixed_bytes += INDEX_BYTES_PER_TENSOR
+        stages, _ = plan(info, x, dataclasses.replace(tensor_opts, step=1.0),
+                         count_non_finite(x))
+        curve = None
+        if any(isinstance(s, StepQuantize) for s in stages):
+            weight = 1.0 if tensor_opts.forced or not EMBEDDING.search(info.name) \
+                else EMBEDDING_WEIGHT
+            curve = measure_curve(info.name, x, weight)
+        if curve is None:
+            fixed_bytes += sum(b.length for b, _ in encode(x, plan(
+                info, x, dataclasses.replace(tensor_opts, step=None, target_bpw=None))[0])
+                .values())
+        else:
+            curves.append(curve)
+    target_bits = opts.target_bpw * n_params
+    budget = target_bits - 8 * fixed_bytes
+    for _ in range(3):
+        try:
+            steps = allocate(curves, budget)
+        except ValueError:
+            raise ConfigError(f"--target-bpw {opts.target_bpw:g} is below what this model "
+                              f"needs at the coarsest steps plus its exact tensors "
+                              f"({8 * fixed_bytes / max(n_params, 1):.3g} bpw of those); "
+                              "raise it", path=src) from None
+        rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress, threads,
+                              steps)
+        missed = 8 * tmp.stat().st_size - target_bits
+        if abs(missed) <= 0.01 * target_bits:
+            break
+        budget -= missed
+    return rows
+
+
+def _tensor_options(info: TensorInfo, opts: Options, recipe: Recipe | None,
+                    steps: dict[str, float] | None = None) -> Options:
+    """The options for one tensor: its recipe rule's, and its step under --target-bpw."""
+    rule = recipe.match(info.name) if recipe else None
+    tensor_opts = rule.apply(opts) if rule else opts
+    if steps is not None:
+        tensor_opts = dataclasses.replace(tensor_opts, step=steps.get(info.name))
+    return tensor_opts
+
+
 IN_FLIGHT_BYTES = 256 << 20  # tensors read but not yet written, beyond the largest one
 
 
 def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path, opts: Options,
                    recipe: Recipe | None, progress: Progress | None,
-                   threads: int) -> list[TensorRow]:
+                   threads: int, steps: dict[str, float] | None = None) -> list[TensorRow]:
     """Encode tensors on `threads` threads (numpy and zstd release the GIL) and write them
     in file order, so the output is the same bytes whatever the thread count. Tensors read
     but not yet written are bounded in bytes."""
@@ -162,8 +234,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
             while pending and (len(pending) > 2 * threads or sum(
                     i.n_bytes for i, _, _ in pending) + info.n_bytes > IN_FLIGHT_BYTES):
                 write_oldest()
-            rule = recipe.match(info.name) if recipe else None
-            tensor_opts = rule.apply(opts) if rule else opts
+            tensor_opts = _tensor_options(info, opts, recipe, steps)
             x = reader.read(info.name)
             pending.append((info, tensor_opts, pool.submit(_encode_tensor, info, x,
                                                             tensor_opts)))

@@ -97,6 +97,22 @@ def cli() -> None:
                    "(axis 0), or one per tensor.")
 @click.option("--symmetric/--affine", default=True, show_default=True,
               help="Affine adds a zero point per group: better for skewed groups.")
+@click.option("--method", type=click.Choice(["uniform", "kmeans", "nf", "auto"]),
+              default="uniform", show_default=True,
+              help="With --bits 2-8: uniform levels with searched scales per group; kmeans, "
+                   "one fitted codebook per tensor; nf, normal-float levels (NF4) times a "
+                   "scale per group; auto, the least error of the three per tensor.")
+@click.option("--scale-bits", type=click.IntRange(3, 8), default=None,
+              help="Double-quantize uniform scales to this many bits, with a float16 unit "
+                   "per 16 groups (K-quants style): e.g. --group-size 16 --scale-bits 7.")
+@click.option("--target-bpw", type=click.FloatRange(0.1, 32), default=None, metavar="X",
+              help="Instead of --bits: the smallest error for X bits per weight on average, "
+                   "whole file counted (one step per tensor, entropy-coded codes).")
+@click.option("--min-sqnr", type=click.FloatRange(0, 150), default=None, metavar="DB",
+              help="Instead of --bits: the smallest file with every tensor's SQNR >= DB.")
+@click.option("--max-rel-error", type=click.FloatRange(1e-7, 1), default=None, metavar="E",
+              help="Instead of --bits: the smallest file with every tensor's relative "
+                   "error <= E.")
 @click.option("--prune", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               metavar="F", help="Zero this fraction of the smallest weights of each tensor.")
 @click.option("--nm", metavar="N:M", default=None,

@@ -225,7 +225,9 @@ def _plan_step(x: np.ndarray, options: Options, non_finite: int,
     """The entropy-constrained chain: a step per tensor, then rANS over the codes."""
     if non_finite:
         return lossless, f"{non_finite} NaN/Inf kept exact"
-    step = options.step if options.step is not None else find_step(x, options.wanted_sqnr_db)
+    step = options.step
+    if step is None and options.wanted_sqnr_db is not None:
+        step = find_step(x, options.wanted_sqnr_db)
     if step is None or float(np.abs(x).max()) / step >= MAX_STEP_CODE:
         return lossless, "step too fine for the codes: kept exact"
     quantize = StepQuantize(step)

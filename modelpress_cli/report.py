@@ -39,14 +39,33 @@ class TensorRow:
     def bits_per_weight(self) -> float:
         return 8 * self.compressed_bytes / self.params if self.params else 0.0
 
+    @property
+    def gap_bits(self) -> float | None:
+        """Bits per weight above the Gaussian rate-distortion bound at this SQNR, None when
+        exact: bits/weight − SQNR / 6.02 (docs/quality.md says what it means)."""
+        return gap_bits(self.bits_per_weight, self.errors.sqnr_db)
+
     def to_json(self) -> dict[str, Any]:
+        gap = self.gap_bits
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "method": self.method, "bits": self.bits, "sparsity": round(self.sparsity, 6),
                 "original_bytes": self.original_bytes, "compressed_bytes": self.compressed_bytes,
                 "bits_per_weight": round(self.bits_per_weight, 4),
                 "rel_error": _num(self.errors.rel_error), "sqnr_db": _num(self.errors.sqnr_db),
-                "max_abs_error": _num(self.errors.max_abs), "non_finite": self.non_finite,
+                "max_abs_error": _num(self.errors.max_abs),
+                "gap_db": _num(None if gap is None else gap * DB_PER_BIT),
+                "gap_bits": _num(gap), "non_finite": self.non_finite,
                 "note": self.note, "rule": self.rule}
+
+
+DB_PER_BIT = 20 * math.log10(2)  # 6.02 dB: what each bit per weight buys an ideal coder
+
+
+def gap_bits(bits_per_weight: float, sqnr_db: float | None) -> float | None:
+    """How many bits per weight a coder spends beyond the Gaussian bound for its SQNR."""
+    if sqnr_db is None or math.isinf(sqnr_db):
+        return None
+    return bits_per_weight - sqnr_db / DB_PER_BIT
 
 
 @dataclass
@@ -82,8 +101,19 @@ class Report:
         """Every byte of the .mpz file counted: headers, index, scales, masks."""
         return 8 * self.output_bytes / self.params if self.params else 0.0
 
+    @property
+    def lossy_gap_bits(self) -> float | None:
+        """The gap over the tensors that were quantized or pruned, their bytes and errors."""
+        lossy = [r for r in self.rows if r.errors.sqnr_db is not None]
+        params = sum(r.params for r in lossy)
+        if not params:
+            return None
+        total = sum((r.errors for r in lossy), ErrorStats(0.0, 0.0, 0.0))
+        return gap_bits(8 * sum(r.compressed_bytes for r in lossy) / params, total.sqnr_db)
+
     def to_json(self) -> dict[str, Any]:
         errors = self.errors
+        gap = self.lossy_gap_bits
         return {"input": self.input, "output": self.output,
                 "totals": {"tensors": len(self.rows), "params": self.params,
                            "original_bytes": self.input_bytes,
@@ -92,6 +122,7 @@ class Report:
                            "bits_per_weight": round(self.bits_per_weight, 4),
                            "rel_error": _num(errors.rel_error), "sqnr_db": _num(errors.sqnr_db),
                            "max_abs_error": _num(errors.max_abs),
+                           "lossy_gap_bits": _num(gap),
                            "non_finite": sum(r.non_finite for r in self.rows),
                            "seconds": round(self.seconds, 3)},
                 "tensors": [r.to_json() for r in self.rows], "warnings": self.warnings,
@@ -108,13 +139,16 @@ class Report:
         errors = self.errors
         footer = [f"total ({len(self.rows)} tensors)", "", "", human_bytes(self.input_bytes),
                   human_bytes(self.output_bytes), f"{self.bits_per_weight:.2f}", "",
-                  _sci(errors.rel_error), _db(errors.sqnr_db), _sci(errors.max_abs)]
-        headers = ["tensor", "shape", "method", "original", "stored", "bits/w", "sparsity",
-                   "rel err", "SQNR dB", "max err"]
+                  _sci(errors.rel_error), _db(errors.sqnr_db), _gap(self.lossy_gap_bits),
+                  _sci(errors.max_abs)]
+        headers = ["tensor", "shape", "method", "original", "stored", "bits/w", "zeros",
+                   "rel err", "SQNR dB", "gap", "max err"]
+        longest = max((len(cell(r.name)) for r in shown), default=0)
         for header, foot in zip(headers, footer, strict=True):
             numeric = header not in ("tensor", "shape", "method")
             table.add_column(header, foot, justify="right" if numeric else "left",
-                             overflow="fold", no_wrap=numeric)
+                             overflow="fold", no_wrap=numeric,  # names fold last
+                             min_width=min(longest, 48) if header == "tensor" else None)
         for row in shown:
             method = row.method + (f" ({row.note})" if row.note else "") + (
                 f" [{row.rule}]" if row.rule else "")
@@ -122,7 +156,7 @@ class Report:
                           human_bytes(row.original_bytes), human_bytes(row.compressed_bytes),
                           f"{row.bits_per_weight:.2f}", f"{row.sparsity:.1%}",
                           _sci(row.errors.rel_error), _db(row.errors.sqnr_db),
-                          _sci(row.errors.max_abs))
+                          _gap(row.gap_bits), _sci(row.errors.max_abs))
         console.print(table)
         if len(shown) < len(self.rows):
             console.print(f"… {len(self.rows) - len(shown)} more tensors not shown "
@@ -200,6 +234,10 @@ def human_bytes(n: float) -> str:
 
 def _sci(value: float) -> str:
     return "0" if value == 0 else f"{value:.2e}"
+
+
+def _gap(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
 
 
 def _db(value: float | None) -> str:
