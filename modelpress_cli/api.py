@@ -281,22 +281,34 @@ def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
     stages, note, blocks, errors, zeros, size = min(
         (c for c in candidates if c[5] <= limit), key=lambda c: c[3].sum_sq_err)
     digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
-              hashlib.blake2b(x.reshape(-1).view(np.uint8), digest_size=32).digest())
+              _blocks_digest(blocks))
     row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages), _bits(stages, x),
                     zeros, info.n_bytes, size, info.size, errors, note, non_finite, opts.rule)
     return _Encoded(digest, stages, blocks, row)
 
 
+def _blocks_digest(blocks: dict) -> bytes:
+    """What makes two tensors' stored forms the same: their encoded bytes (deterministic,
+    and smaller than the tensor, so cheaper to hash than the weights themselves)."""
+    h = hashlib.blake2b(digest_size=32)
+    for name, (block, payload) in blocks.items():
+        h.update(repr((name, block.dtype, block.shape, block.bits, block.codec)).encode())
+        h.update(payload)
+    return h.digest()
+
+
 def _write_tensor(info: TensorInfo, opts: Options, encoded: _Encoded, writer: MpzWriter,
                   seen: dict[tuple, TensorRow]) -> TensorRow:
-    """Write one encoded tensor; identical bytes under identical stages (tied weights) are
-    stored once, as an alias of the first."""
+    """Write one encoded tensor; one whose stored form (stages and encoded bytes) equals an
+    earlier one's — tied weights — is stored once, as an alias of the first. Its own
+    errors are reported: two different tensors may quantize to the same codes."""
     twin = seen.get(encoded.digest)
     if twin is not None:
         writer.add_alias(info, twin.name, opts.rule)
-        return TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}", twin.bits,
-                         twin.sparsity, info.n_bytes, 0, info.size, twin.errors, None,
-                         twin.non_finite, opts.rule)
+        own = encoded.row
+        return TensorRow(info.name, info.shape, info.dtype, f"tied to {twin.name}", own.bits,
+                         own.sparsity, info.n_bytes, 0, info.size, own.errors, None,
+                         own.non_finite, opts.rule)
     writer.add(info, encoded.stages, encoded.blocks, opts.rule)
     seen[encoded.digest] = encoded.row
     return encoded.row

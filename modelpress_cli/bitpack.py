@@ -1,15 +1,15 @@
 """Exact bit-packing: n codes of b bits take ceil(n·b/8) bytes.
 
 Layout (LSB-first, as in docs/format.md): code i occupies bits i·b … i·b+b−1 of the stream,
-where bit k of the stream is bit k mod 8 of byte k // 8. Vectorised 8 codes at a time: eight
-b-bit codes make one b-byte little-endian word.
+where bit k of the stream is bit k mod 8 of byte k // 8. Widths 2–7 run in a compiled loop
+(kernels.py); 1 and 8 are numpy's packbits and a plain view.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-CHUNK = 1 << 20  # codes per step: bounds the uint64 temporaries to 8 MiB each
+from . import kernels
 
 
 def packed_size(n_codes: int, bits: int) -> int:
@@ -24,15 +24,7 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     if bits == 8:
         return flat.view(np.uint8)
     out = np.empty(packed_size(flat.size, bits), dtype=np.uint8)
-    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
-    for start in range(0, flat.size, CHUNK):
-        chunk = flat[start:start + CHUNK]
-        words = np.zeros((-(-chunk.size // 8), 8), dtype=np.uint64)
-        words.reshape(-1)[:chunk.size] = chunk
-        word = np.bitwise_or.reduce(words << shifts, axis=1).astype("<u8")
-        packed = word.view(np.uint8).reshape(-1, 8)[:, :bits].reshape(-1)
-        begin = start * bits // 8
-        out[begin:begin + packed_size(chunk.size, bits)] = packed[:packed_size(chunk.size, bits)]
+    kernels.pack_bits(flat.astype(np.uint8, copy=False), bits, out)
     return out
 
 
@@ -44,17 +36,8 @@ def unpack_bits(buffer: np.ndarray, bits: int, n_codes: int) -> np.ndarray:
         return np.unpackbits(buffer, count=n_codes, bitorder="little").view(bool)
     if bits == 8:
         return buffer[:n_codes].copy()
+    if buffer.size < packed_size(n_codes, bits):
+        raise ValueError(f"{buffer.size} bytes cannot hold {n_codes} codes of {bits} bits")
     out = np.empty(n_codes, dtype=np.uint8)
-    shifts = np.arange(8, dtype=np.uint64) * np.uint64(bits)
-    mask = np.uint64((1 << bits) - 1)
-    for start in range(0, n_codes, CHUNK):
-        count = min(CHUNK, n_codes - start)
-        n_words = -(-count // 8)
-        raw = np.zeros((n_words, 8), dtype=np.uint8)
-        piece = buffer[start * bits // 8:start * bits // 8 + packed_size(count, bits)]
-        flat = np.zeros(n_words * bits, dtype=np.uint8)
-        flat[:piece.size] = piece
-        raw[:, :bits] = flat.reshape(n_words, bits)
-        words = raw.view("<u8")  # (n_words, 1)
-        out[start:start + count] = ((words >> shifts) & mask).reshape(-1)[:count]
+    kernels.unpack_bits(buffer, bits, out)
     return out

@@ -138,9 +138,21 @@ def round_to_codes(groups, scales, lo, hi, bits):
     return out
 
 
+@numba.njit(**FAST)
+def dequantize_symmetric(codes, scales, bits):
+    """float32 v·scale of (n_groups, group) codes read as b-bit two's complement v."""
+    half = np.int32(1 << (bits - 1))
+    out = np.empty(codes.shape, np.float32)
+    for i in range(codes.shape[0]):
+        s = scales[i]
+        for j in range(codes.shape[1]):
+            out[i, j] = np.float32((np.int32(codes[i, j]) ^ half) - half) * s
+    return out
+
+
 @numba.njit(**JIT)
-def dequantize(codes, scales, zeros, bits):
-    """float32 values v·scale of (n_groups, group) codes, v the signed level of each code."""
+def dequantize_affine(codes, scales, zeros, bits):
+    """float32 v·scale of (n_groups, group) codes, v = ((u + z) mod 2**b) − z per group."""
     mask = (1 << bits) - 1
     out = np.empty(codes.shape, np.float32)
     for i in range(codes.shape[0]):
@@ -149,6 +161,71 @@ def dequantize(codes, scales, zeros, bits):
         for j in range(codes.shape[1]):
             out[i, j] = (((np.int32(codes[i, j]) + z) & mask) - z) * s
     return out
+
+
+@numba.njit(**JIT)
+def pack_bits(codes, bits, out):
+    """Pack `bits`-bit codes LSB-first into `out` (ceil(n·bits/8) bytes; docs/format.md)."""
+    if bits == 4:  # the common width: two codes a byte, no bit buffer
+        half = codes.size // 2
+        for i in range(half):
+            out[i] = codes[2 * i] | (codes[2 * i + 1] << 4)
+        if codes.size % 2:
+            out[half] = codes[codes.size - 1]
+        return
+    acc = np.uint64(0)
+    filled = 0
+    pos = 0
+    for i in range(codes.size):
+        acc |= np.uint64(codes[i]) << np.uint64(filled)
+        filled += bits
+        while filled >= 8:
+            out[pos] = np.uint8(acc & np.uint64(0xFF))
+            acc >>= np.uint64(8)
+            filled -= 8
+            pos += 1
+    if filled > 0:
+        out[pos] = np.uint8(acc & np.uint64(0xFF))
+
+
+@numba.njit(**JIT)
+def unpack_bits(packed, bits, out):
+    """The inverse of pack_bits: out.size codes of `bits` bits from `packed`."""
+    if bits == 4:
+        half = out.size // 2
+        for i in range(half):
+            out[2 * i] = packed[i] & 15
+            out[2 * i + 1] = packed[i] >> 4
+        if out.size % 2:
+            out[out.size - 1] = packed[half] & 15
+        return
+    mask = np.uint64((1 << bits) - 1)
+    acc = np.uint64(0)
+    filled = 0
+    pos = 0
+    for i in range(out.size):
+        while filled < bits:
+            acc |= np.uint64(packed[pos]) << np.uint64(filled)
+            filled += 8
+            pos += 1
+        out[i] = np.uint8(acc & mask)
+        acc >>= np.uint64(bits)
+        filled -= bits
+
+
+@numba.njit(**FAST)
+def error_sums(x, y):
+    """(Σx², Σ(y−x)², max|y−x|) in float64, one pass; NaN-free inputs assumed."""
+    ref = 0.0
+    err = 0.0
+    peak = 0.0
+    for i in range(x.size):
+        a = np.float64(x[i])
+        d = np.float64(y[i]) - a
+        ref += a * a
+        err += d * d
+        peak = max(peak, abs(d))
+    return ref, err, peak
 
 
 # rANS with a 64-bit state and 32-bit output words (docs/format.md, "pack.rans").

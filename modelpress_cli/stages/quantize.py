@@ -56,12 +56,17 @@ def round_up_float16(scale: np.ndarray) -> np.ndarray:
 
 #: How far below the peak the scale search looks, by bit width: coarse codes gain more from
 #: clipping the peak. Four candidates spread over [1 − spread, 1], then least-squares refits.
+#: From 7 bits on, the peak is rarely worth clipping: two candidates and one refit (the
+#: search then costs a third as much, for 0.05 dB less on Gaussian weights).
 SEARCH_SPREAD = {2: 0.5, 3: 0.36, 4: 0.24, 5: 0.16, 6: 0.12, 7: 0.1, 8: 0.08}
-SEARCH_REFINE = 2
 
 
 def search_ratios(bits: int) -> np.ndarray:
-    return (1 - np.linspace(0, SEARCH_SPREAD[bits], 4)).astype(np.float32)
+    return (1 - np.linspace(0, SEARCH_SPREAD[bits], 4 if bits < 7 else 2)).astype(np.float32)
+
+
+def search_refits(bits: int) -> int:
+    return 2 if bits < 7 else 1
 
 
 def sign_extend(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -122,7 +127,8 @@ class UniformQuantize(Stage):
         ratios = search_ratios(self.bits)
         out: Parts = {}
         if self.scale_bits is None:
-            scale = kernels.search_scales(flat, lo, hi, ratios, SEARCH_REFINE).astype(np.float16)
+            scale = kernels.search_scales(flat, lo, hi, ratios, search_refits(self.bits))
+            scale = scale.astype(np.float16)
             out["scales"] = scale.reshape(rows, -1)
             effective = scale.astype(np.float32)
         else:
@@ -180,10 +186,13 @@ class UniformQuantize(Stage):
         if double:
             scales = sign_extend(parts["scale_codes"].reshape(-1), self.scale_bits) * np.repeat(
                 scales, self.super_group)[:rows * n_groups]
-        zero = (np.full(rows * n_groups, 1 << (self.bits - 1), np.int32) if self.symmetric
-                else parts["zeros"].reshape(-1).astype(np.int32))
         codes = grouped(parts["codes"].reshape(rows, cols), group).reshape(-1, group)
-        x = kernels.dequantize(codes, scales.astype(np.float32), zero, self.bits)
+        scales = scales.astype(np.float32, copy=False)
+        if self.symmetric:
+            x = kernels.dequantize_symmetric(codes, scales, self.bits)
+        else:
+            zeros = parts["zeros"].reshape(-1).astype(np.int32)
+            x = kernels.dequantize_affine(codes, scales, zeros, self.bits)
         x = x.reshape(rows, -1)[:, :cols]
         return {"values": x.reshape(shape).astype(dtype, copy=False)}
 
