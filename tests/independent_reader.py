@@ -6,6 +6,9 @@ imports nothing from `modelpress_cli`, only the standard library, numpy, zstanda
 
 Public functions: `read_index`, `tensor_names`, `read_tensor`, and `read_blocks` (a tensor's
 stored parts before any stage is undone, e.g. to look at its quantization scales).
+
+The rANS decoder (`pack.rans`) follows the spec's pseudo-code symbol by symbol with Python
+integers: plain, and fast enough for test tensors (about 0.5 us a symbol).
 """
 
 from __future__ import annotations
@@ -328,47 +331,214 @@ def _layout(shape: tuple[int, ...], g) -> tuple[int, int, int]:
     raise ValueError(f"quantize.uniform: bad group_size {g!r}")
 
 
-def _uniform(parts, params, shape, dtype):
-    """Codes u, scale s, zero z -> x = (((u + z) mod 2^b) - z) * s in float32, cast to dtype."""
-    b, g, sym = params.get("bits"), params.get("group_size"), params.get("symmetric")
-    if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 8:
-        raise ValueError(f"quantize.uniform: bits must be 1..8, got {b!r}")
-    if not isinstance(sym, bool):
-        raise ValueError(f"quantize.uniform: symmetric must be true/false, got {sym!r}")
+def _int_param(params: dict, key: str, lo: int, hi: int, stage: str) -> int:
+    """An integer parameter within [lo, hi] (JSON booleans are not integers)."""
+    v = params.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{stage}: {key} must be an integer {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _groups(shape: tuple[int, ...], g, stage: str) -> tuple[int, int, np.ndarray]:
+    """(rows, n_groups, group of each column) of the 2-D view (spec "quantize.uniform");
+    `quantize.codebook` with method "nf" groups the same way."""
+    if g not in ("channel", "tensor") and not (
+        isinstance(g, int) and not isinstance(g, bool) and g >= 1
+    ):
+        raise ValueError(f"{stage}: bad group_size {g!r}")
     rows, cols, width = _layout(shape, g)
     n_groups = 1 if g in ("channel", "tensor") or not shape else -(-cols // width)
-    codes = _pop(parts, "codes", "quantize.uniform")
-    scales = _pop(parts, "scales", "quantize.uniform")
+    return rows, n_groups, np.arange(cols) // width
+
+
+def _codes(parts: dict, b: int, shape: tuple[int, ...], stage: str) -> np.ndarray:
+    """The part `codes`: uint8 of the tensor's shape, every value < 2^b."""
+    codes = _pop(parts, "codes", stage)
     if codes.dtype != np.uint8 or codes.shape != shape:
-        raise ValueError(f"quantize.uniform: codes must be uint8 of shape {shape}")
-    if scales.dtype != np.float16 or scales.shape != (rows, n_groups):
-        raise ValueError(f"quantize.uniform: scales must be float16 [{rows}, {n_groups}]")
+        raise ValueError(f"{stage}: codes must be uint8 of shape {shape}, got {codes.shape}")
     if codes.size and int(codes.max()) >= 1 << b:
-        raise ValueError(f"quantize.uniform: code >= 2^{b}")
+        raise ValueError(f"{stage}: code {int(codes.max())} >= 2^{b}")
+    return codes
+
+
+def _group_scales(parts: dict, params: dict, rows: int, n_groups: int) -> np.ndarray:
+    """float32 [rows, n_groups]: the scale of every group, plain or double-quantized."""
+    stage = "quantize.uniform"
+    if "scale_bits" not in params:  # spec: without scale_bits the key is absent
+        if "super_group" in params:
+            raise ValueError(f"{stage}: super_group without scale_bits")
+        if "scale_codes" in parts:
+            raise ValueError(f"{stage}: a 'scale_codes' part without scale_bits")
+        scales = _pop(parts, "scales", stage)
+        if scales.dtype != np.float16 or scales.shape != (rows, n_groups):
+            raise ValueError(f"{stage}: scales must be float16 [{rows}, {n_groups}]")
+        return scales.astype(np.float32)
+    k = _int_param(params, "scale_bits", 3, 8, stage)
+    m = _int_param(params, "super_group", 1, 65536, stage)
+    q = _pop(parts, "scale_codes", stage)
+    units = _pop(parts, "scales", stage)
+    if q.dtype != np.uint8 or q.shape != (rows, n_groups):
+        raise ValueError(f"{stage}: scale_codes must be uint8 [{rows}, {n_groups}]")
+    if q.size and int(q.max()) >= 1 << k:
+        raise ValueError(f"{stage}: scale code {int(q.max())} >= 2^{k}")
+    n_units = -(-(rows * n_groups) // m)
+    if units.dtype != np.float16 or units.shape != (n_units,):
+        raise ValueError(f"{stage}: scales must be float16 [{n_units}] (one per {m} groups)")
+    q = q.reshape(-1).astype(np.int32)
+    q = np.where(q >= 1 << (k - 1), q - (1 << k), q)  # k-bit two's complement
+    d = units.astype(np.float32)[np.arange(rows * n_groups) // m]
+    return (q.astype(np.float32) * d).reshape(rows, n_groups)
+
+
+def _uniform(parts, params, shape, dtype):
+    """Codes u, scale s, zero z -> x = (((u + z) mod 2^b) - z) * s in float32, cast to dtype."""
+    stage = "quantize.uniform"
+    b, g, sym = params.get("bits"), params.get("group_size"), params.get("symmetric")
+    if not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8:
+        raise ValueError(f"{stage}: bits must be 2..8, got {b!r}")
+    if not isinstance(sym, bool):
+        raise ValueError(f"{stage}: symmetric must be true/false, got {sym!r}")
+    rows, n_groups, group_of_col = _groups(shape, g, stage)
+    codes = _codes(parts, b, shape, stage)
+    scales = _group_scales(parts, params, rows, n_groups)
     if sym:
         if "zeros" in parts:
-            raise ValueError("quantize.uniform: symmetric stage with a 'zeros' part")
+            raise ValueError(f"{stage}: symmetric stage with a 'zeros' part")
         z = np.full((rows, n_groups), 1 << (b - 1), np.int32)
     else:
-        zeros = _pop(parts, "zeros", "quantize.uniform")
+        zeros = _pop(parts, "zeros", stage)
         if zeros.dtype != np.uint8 or zeros.shape != (rows, n_groups):
-            raise ValueError(f"quantize.uniform: zeros must be uint8 [{rows}, {n_groups}]")
+            raise ValueError(f"{stage}: zeros must be uint8 [{rows}, {n_groups}]")
+        if zeros.size and int(zeros.max()) >= 1 << b:
+            raise ValueError(f"{stage}: zero point >= 2^{b}")
         z = zeros.astype(np.int32)
-    group_of_col = np.arange(cols) // width
-    u = codes.reshape(rows, cols).astype(np.int32)
+    u = codes.reshape(rows, group_of_col.size).astype(np.int32)
     zc = z[:, group_of_col]
     v = (u + zc) % (1 << b) - zc
-    x = v.astype(np.float32) * scales.astype(np.float32)[:, group_of_col]
+    x = v.astype(np.float32) * scales[:, group_of_col]
     parts["values"] = x.astype(dtype)
+
+
+def _codebook(parts, params, shape, dtype):
+    """x = codebook[u] (kmeans), or codebook[u] * the group's scale (nf); float32, cast."""
+    stage = "quantize.codebook"
+    b = _int_param(params, "bits", 1, 8, stage)
+    method = params.get("method")
+    if method not in ("kmeans", "nf"):
+        raise ValueError(f"{stage}: method must be 'kmeans' or 'nf', got {method!r}")
+    codes = _codes(parts, b, shape, stage)
+    book = _pop(parts, "codebook", stage)
+    if book.dtype != np.float32 or book.shape != (1 << b,):
+        raise ValueError(f"{stage}: codebook must be float32 [{1 << b}], got {book.shape}")
+    x = book[codes]
+    if method == "nf":
+        rows, n_groups, group_of_col = _groups(shape, params.get("group_size"), stage)
+        scales = _pop(parts, "scales", stage)
+        if scales.dtype != np.float16 or scales.shape != (rows, n_groups):
+            raise ValueError(f"{stage}: scales must be float16 [{rows}, {n_groups}]")
+        x = x.reshape(rows, group_of_col.size) * scales.astype(np.float32)[:, group_of_col]
+    elif "scales" in parts:
+        raise ValueError(f"{stage}: method 'kmeans' with a 'scales' part")
+    parts["values"] = x.astype(dtype)
+
+
+def _step(parts, params, shape, dtype):
+    """x = code * step, in float64, cast to dtype."""
+    step = params.get("step")
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+        raise ValueError(f"quantize.step: step must be a finite number, got {step!r}")
+    codes = _pop(parts, "codes", "quantize.step")
+    if codes.dtype.kind not in "iu" or codes.size != math.prod(shape):
+        raise ValueError(f"quantize.step: codes must be {math.prod(shape)} integers")
+    parts["values"] = (codes.astype(np.float64) * np.float64(step)).astype(dtype).reshape(shape)
+
+
+RANS_L = 1 << 31
+
+
+def _rans_chunk(
+    words: list[int],
+    count: int,
+    prec: int,
+    symbol_of_slot: list[int],
+    freqs: list[int],
+    cum: list[int],
+    what: str,
+) -> list[int]:
+    """Decode `count` symbols from one chunk's words (spec "pack.rans"), checking the end."""
+    if len(words) < 2:
+        raise ValueError(f"{what}: a chunk needs at least 2 words, has {len(words)}")
+    x = words[0] | words[1] << 32
+    i, n_words, mask = 2, len(words), (1 << prec) - 1
+    out = [0] * count
+    for k in range(count):
+        slot = x & mask
+        s = symbol_of_slot[slot]
+        out[k] = s
+        x = freqs[s] * (x >> prec) + slot - cum[s]
+        if x < RANS_L:
+            if i >= n_words:
+                raise ValueError(f"{what}: stream runs past its {n_words} words")
+            x = (x << 32) | words[i]
+            i += 1
+    if x != RANS_L or i != n_words:
+        raise ValueError(f"{what}: damaged stream (ends with x={x}, {i} of {n_words} words read)")
+    return out
+
+
+def _rans(parts, params, shape, dtype):
+    """rANS-decode part p (int64 codes = symbol + offset) from freqs, lengths and words."""
+    stage = "pack.rans"
+    p = params.get("part")
+    if p != "codes":
+        raise ValueError(f"{stage}: part must be 'codes', got {p!r}")
+    offset = params.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool):
+        raise ValueError(f"{stage}: offset must be an integer, got {offset!r}")
+    prec = _int_param(params, "prec", 1, 20, stage)
+    chunk = _int_param(params, "chunk", 1, 2**63, stage)
+    if p in parts:
+        raise ValueError(f"{stage}: part {p!r} exists before it is decoded")
+    freqs = _pop(parts, "freqs", stage)
+    lengths = _pop(parts, "lengths", stage)
+    words = _pop(parts, "words", stage)
+    n = math.prod(shape)
+    n_chunks = -(-n // chunk)
+    if freqs.dtype != np.uint32 or freqs.ndim != 1 or not 1 <= freqs.size <= 2**20:
+        raise ValueError(f"{stage}: freqs must be uint32 [A], 1 <= A <= 2^20")
+    if int(freqs.sum(dtype=np.uint64)) != 1 << prec:
+        raise ValueError(f"{stage}: freqs sum to {int(freqs.sum(dtype=np.uint64))}, not 2^{prec}")
+    if lengths.dtype != np.uint32 or lengths.shape != (n_chunks,):
+        raise ValueError(f"{stage}: lengths must be uint32 [{n_chunks}]")
+    total = int(lengths.sum(dtype=np.uint64))
+    if words.dtype != np.uint32 or words.shape != (total,):
+        raise ValueError(f"{stage}: words must be uint32 [{total}] (the sum of lengths)")
+    if not (-(2**63) <= offset and offset + freqs.size - 1 < 2**63):
+        raise ValueError(f"{stage}: offset {offset} puts codes outside int64")
+    f = freqs.astype(np.int64)
+    symbol_of_slot = np.repeat(np.arange(f.size), f).tolist()
+    freq_list, cum_list = f.tolist(), (np.cumsum(f) - f).tolist()
+    starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).tolist()
+    symbols = []
+    for c in range(n_chunks):
+        count = min(n, (c + 1) * chunk) - c * chunk
+        chunk_words = words[starts[c] : starts[c + 1]].tolist()
+        symbols += _rans_chunk(
+            chunk_words, count, prec, symbol_of_slot, freq_list, cum_list, f"{stage} chunk {c}"
+        )
+    parts[p] = (np.array(symbols, np.int64) + offset).reshape(shape)
 
 
 STAGES = {
     "pack.byteplanes": _byteplanes,
     "pack.nm": _pack_nm,
+    "pack.rans": _rans,
     "pack.sparse": _sparse,
     "prune.magnitude": _prune,
     "prune.nm": _prune_nm,
+    "quantize.codebook": _codebook,
     "quantize.half": _half,
+    "quantize.step": _step,
     "quantize.uniform": _uniform,
 }
 
