@@ -220,8 +220,8 @@ class RansPack(Stage):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"rANS {name} must be an integer in {low}…{high}, "
                                   f"got {value!r}")
-        if self.part not in ("codes", "values"):
-            raise ConfigError(f"rANS part must be 'codes' or 'values', got {self.part!r}")
+        if self.part != "codes":
+            raise ConfigError(f"rANS part must be 'codes', got {self.part!r}")
 
     @classmethod
     def fit(cls, codes: np.ndarray, part: str = "codes") -> RansPack:

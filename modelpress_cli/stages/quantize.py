@@ -112,6 +112,8 @@ class UniformQuantize(Stage):
         if self.scale_bits is not None and (not isinstance(self.scale_bits, int) or isinstance(
                 self.scale_bits, bool) or self.scale_bits not in range(3, 9)):
             raise ConfigError(f"scale bits must be 3 to 8, got {self.scale_bits!r}")
+        if self.scale_bits is not None and not self.symmetric:
+            raise ConfigError("double-quantized scales (scale bits) need symmetric codes")
         if not isinstance(self.super_group, int) or isinstance(self.super_group, bool) \
                 or not 1 <= self.super_group <= 1 << 16:
             raise ConfigError(f"super group must be 1 to 65536 groups, got {self.super_group!r}")
@@ -162,8 +164,6 @@ class UniformQuantize(Stage):
         np.minimum(v, levels + low, out=v)
         codes = (v.astype(np.int16) & levels).astype(np.uint8)
         codes = codes.reshape(rows, -1)[:, :cols].reshape(shape)
-        if self.scale_bits is not None:
-            raise ConfigError("double-quantized scales (scale_bits) need symmetric codes")
         return {"codes": codes, "scales": scale, "zeros": zero}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
@@ -423,8 +423,10 @@ class StepQuantize(Stage):
                 or np.dtype(dtype).kind not in "fV":
             raise FormatError(f"{codes.size} {codes.dtype} codes cannot decode to shape "
                               f"{list(shape)} of {np.dtype(dtype).name}")
-        values = (codes.reshape(shape) * np.float64(self.step)).astype(dtype)
-        return {"values": values}
+        values = codes.reshape(shape) * np.float64(self.step)
+        if np.dtype(dtype) != np.float64:  # one rule for every narrower type: via float32
+            values = values.astype(np.float32)
+        return {"values": values.astype(dtype, copy=False)}
 
     def max_magnitude(self) -> float:
         return self.step * MAX_STEP_CODE
