@@ -8,6 +8,7 @@ footer and index first, then only the blocks of the tensor asked for, each check
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -75,7 +76,7 @@ def encode_block(array: np.ndarray, bits: int | None) -> tuple[Block, bytes | me
     return block, payload
 
 
-def decode_block(block: Block, payload: bytes) -> np.ndarray:
+def decode_block(block: Block, payload: bytes | memoryview) -> np.ndarray:
     """The array a block stores; IntegrityError if the bytes do not match the index."""
     if zlib.crc32(payload) != block.crc32:
         raise IntegrityError("block checksum mismatch: the file is damaged")
@@ -217,6 +218,9 @@ class MpzReader(ClosingReader):
         except BaseException:
             self._file.close()
             raise
+        # Blocks are read through a memory map: a tensor's bytes are paged in when it is
+        # decoded, never copied into a buffer first, and threads can read without seeking.
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         source = self.index["source"]
         self.format = source.get("format", "")
         self.metadata = source.get("metadata", {})
@@ -321,10 +325,10 @@ class MpzReader(ClosingReader):
         """The stored arrays of one tensor, checksummed and entropy-decoded."""
         entry = self.entries[name]
         parts = {}
+        view = memoryview(self._map)
         for part, block in entry.blocks.items():
-            self._file.seek(block.offset)
             try:
-                parts[part] = decode_block(block, self._file.read(block.length))
+                parts[part] = decode_block(block, view[block.offset:block.offset + block.length])
             except IntegrityError as e:
                 e.message = f"block {part!r}: {e.message}"
                 e.at(path=self.path, tensor=name)
@@ -342,4 +346,8 @@ class MpzReader(ClosingReader):
             raise
 
     def close(self) -> None:
+        try:
+            self._map.close()
+        except BufferError:  # an array still views a stored block: the map closes with it
+            pass
         self._file.close()
