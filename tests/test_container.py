@@ -125,3 +125,22 @@ def test_the_same_input_gives_the_same_bytes_whatever_the_thread_count(tmp_path,
         mp.compress(src, tmp_path / f"t{threads}.mpz", threads=threads, **options)
         outputs.append((tmp_path / f"t{threads}.mpz").read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_open_reads_only_the_tensor_asked_for(tmp_path):
+    """mp.open() decodes one tensor from its own blocks: the others may be garbage."""
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(64, 64)).astype(np.float32), rng.normal(size=(128, 64))
+    np.savez(tmp_path / "m.npz", a=a, b=b.astype(np.float32))
+    mp.compress(tmp_path / "m.npz", tmp_path / "m.mpz", bits=4)
+    data = bytearray((tmp_path / "m.mpz").read_bytes())
+    with MpzReader(tmp_path / "m.mpz") as reader:
+        blocks = list(reader.entries["b"].blocks.values())
+    for block in blocks:
+        data[block.offset:block.offset + block.length] = b"\xff" * block.length
+    (tmp_path / "bad.mpz").write_bytes(data)
+    expected = mp.load(tmp_path / "m.mpz")["a"]
+    with mp.open(tmp_path / "bad.mpz") as weights:
+        assert np.array_equal(weights["a"], expected)
+        with pytest.raises(mp.IntegrityError, match="tensor 'b'"):
+            weights["b"]
