@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SAMPLE = 1 << 18          # values per tensor measured for its curve
-LADDER = np.arange(-56, 13) / 4  # log2(step / rms): rates from ~16 bits down to ~0
-FINE = 16                 # interpolated points per ladder rung
+LADDER = np.arange(-28, 7) / 2  # log2(step / rms): rates from ~16 bits down to ~0
+FINE = 32                 # interpolated points per ladder rung
 #: Embeddings and heads count this much more in the objective: the model is most sensitive
 #: there (see Options.embed_bits); 16 is worth about 2 bits per weight.
 EMBEDDING_WEIGHT = 16.0
@@ -48,8 +48,10 @@ def measure_curve(name: str, x: np.ndarray, weight: float = 1.0) -> Curve | None
         codes = np.rint(sample / step)
         err = sample - codes * step
         errs.append(float(err @ err) / sample.size / power)
-        _, counts = np.unique(codes, return_counts=True)
-        p = counts / sample.size
+        low = codes.min()
+        counts = np.bincount((codes - low).astype(np.int64)) if codes.max() - low < 1 << 24 \
+            else np.unique(codes, return_counts=True)[1]  # a huge range: sort instead
+        p = counts[counts > 0] / sample.size
         bits.append(float(-(p * np.log2(p)).sum()) * RANS_OVERHEAD)
     # interpolate in log-step for a fine ladder: rates are smooth in it
     fine = np.linspace(log_steps[0], log_steps[-1], (len(log_steps) - 1) * FINE + 1)
