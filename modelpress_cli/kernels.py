@@ -104,15 +104,18 @@ def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
             continue
         best_err = np.float32(np.inf)
         best = 0
+        away = 1 if base > 0 else -1
         for r in ratios:
-            q = int(min(max(np.rint(base * r / u), -qmax), qmax))
-            if q == 0:  # a group far below its super-block's peak: the finest step there is
-                q = 1 if base > 0 else -1
-            if q != best:
-                err = _group_error(row, q * u, lo, hi)
-                if err < best_err:
-                    best_err = err
-                    best = q
+            nearest = int(np.rint(base * r / u))
+            for q in (nearest, nearest + away):  # rounding the scale up avoids clipping
+                q = min(max(q, -qmax), qmax)
+                if q == 0:  # a group far below its super-block's peak: the finest step
+                    q = away
+                if q != best:
+                    err = _group_error(row, q * u, lo, hi)
+                    if err < best_err:
+                        best_err = err
+                        best = q
         if best != 0:
             fitted = _least_squares_scale(row, best * u, lo, hi)
             q = int(min(max(np.rint(fitted / u), -qmax), qmax))
@@ -234,21 +237,38 @@ MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @numba.njit(**JIT)
-def rans_encode(symbols, freqs, cums, prec, chunk):
-    """Encode `symbols` in independent chunks of `chunk`; returns (words, words per chunk).
+def rans_symbols(codes, offset, alphabet):
+    """(symbols = code − offset as uint32, their counts, ok): ok is False if a code falls
+    outside offset … offset + alphabet − 1."""
+    symbols = np.empty(codes.size, np.uint32)
+    counts = np.zeros(alphabet, np.int64)
+    for i in range(codes.size):
+        s = np.int64(codes[i]) - offset
+        if s < 0 or s >= alphabet:
+            return symbols, counts, False
+        symbols[i] = s
+        counts[s] += 1
+    return symbols, counts, True
 
-    Each chunk is coded last symbol first so that its decoder reads forward: its stream is the
+
+@numba.njit(**JIT)
+def rans_encode(symbols, freqs, cums, prec, chunk, first, last):
+    """Encode chunks first…last−1 of `symbols`; returns (their words, words per chunk).
+
+    Chunks are independent, so ranges of them can be coded in parallel and concatenated.
+    Each is coded last symbol first so that its decoder reads forward: its stream is the
     final state (two words, low first), then the words that renormalization emitted.
     """
     n = symbols.size
-    n_chunks = (n + chunk - 1) // chunk
-    out = np.empty(n + 2 * n_chunks, np.uint32)  # at most one word per symbol
-    lengths = np.empty(n_chunks, np.uint32)
+    start = first * chunk
+    stop = min(n, last * chunk)
+    out = np.empty(stop - start + 2 * (last - first), np.uint32)  # ≤ one word per symbol
+    lengths = np.empty(last - first, np.uint32)
     buf = np.empty(chunk + 2, np.uint32)
     shift = np.uint64(prec)
     bound = (RANS_LOW >> shift) << np.uint64(32)
     written = 0
-    for c in range(n_chunks):
+    for c in range(first, last):
         x = RANS_LOW
         pos = buf.size
         for k in range(min(n, (c + 1) * chunk) - 1, c * chunk - 1, -1):
@@ -264,7 +284,7 @@ def rans_encode(symbols, freqs, cums, prec, chunk):
         buf[pos + 1] = np.uint32(x >> np.uint64(32))
         size = buf.size - pos
         out[written:written + size] = buf[pos:]
-        lengths[c] = size
+        lengths[c - first] = size
         written += size
     return out[:written], lengths
 

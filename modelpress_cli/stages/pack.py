@@ -226,20 +226,22 @@ class RansPack(Stage):
     @classmethod
     def fit(cls, codes: np.ndarray, part: str = "codes") -> RansPack:
         """The coder for these codes: their smallest value as offset, a precision to match."""
-        offset = int(codes.min(initial=0))
-        counts = np.bincount(codes.reshape(-1).astype(np.int64) - offset)
-        return cls(part, offset, rans_precision(counts))
+        low, high = int(codes.min(initial=0)), int(codes.max(initial=0))
+        _, counts = _symbols(codes, low, high - low + 1)
+        return cls(part, low, rans_precision(counts))
 
     def encode(self, parts: Parts) -> Parts:
-        symbols = parts[self.part].reshape(-1).astype(np.int64) - self.offset
-        if symbols.size and (symbols.min() < 0 or symbols.max() >= MAX_ALPHABET):
-            raise ConfigError(f"codes outside {self.offset}…{self.offset + MAX_ALPHABET - 1}")
-        symbols = symbols.astype(np.uint32)
-        freqs = normalized_freqs(np.bincount(symbols), self.prec)
+        codes = parts[self.part]
+        symbols, counts = _symbols(codes, self.offset, min(
+            MAX_ALPHABET, int(codes.max(initial=0)) - self.offset + 1))
+        freqs = normalized_freqs(counts, self.prec)
         cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
-        words, lengths = kernels.rans_encode(symbols, freqs, cums, self.prec, self.chunk)
+        n_chunks = -(-symbols.size // self.chunk)
+        pieces = _in_halves(lambda first, last: kernels.rans_encode(
+            symbols, freqs, cums, self.prec, self.chunk, first, last), n_chunks, symbols.size)
         out = {k: v for k, v in parts.items() if k != self.part}
-        return {**out, "freqs": freqs, "words": words, "lengths": lengths}
+        return {**out, "freqs": freqs, "words": np.concatenate([w for w, _ in pieces]),
+                "lengths": np.concatenate([n for _, n in pieces])}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, "freqs", "words", "lengths", stage=self.stage_id)
@@ -259,7 +261,7 @@ class RansPack(Stage):
         ok = _in_halves(lambda first, last: kernels.rans_decode(
             words, starts, freqs, cums, slot_symbol, self.prec, self.chunk, n, first, last,
             symbols), lengths.size, n)
-        if not ok:
+        if not all(ok):
             raise IntegrityError("rANS stream is damaged: it does not decode to its length")
         codes = symbols.view(np.int32)
         codes += np.int32(self.offset)
@@ -270,14 +272,24 @@ class RansPack(Stage):
         return "rANS"
 
 
-_DECODE_POOL = ThreadPoolExecutor(2, thread_name_prefix="modelpress-rans")
+def _symbols(codes: np.ndarray, offset: int, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symbols (code − offset) and their counts; ConfigError if a code is out of range."""
+    symbols, counts, ok = kernels.rans_symbols(
+        np.ascontiguousarray(codes.reshape(-1), dtype=np.int32), offset, max(1, alphabet))
+    if not ok:
+        raise ConfigError(f"codes outside {offset}…{offset + max(1, alphabet) - 1}: "
+                          f"rANS takes at most {MAX_ALPHABET} symbols")
+    return symbols, counts
 
 
-def _in_halves(decode, n_chunks: int, n: int) -> bool:
-    """Run decode(first, last) over the chunks, in two threads when there is enough work."""
-    if n < 1 << 22 or n_chunks < 8:
-        return bool(decode(0, n_chunks))
+_POOL = ThreadPoolExecutor(2, thread_name_prefix="modelpress-rans")
+
+
+def _in_halves(work, n_chunks: int, n: int) -> list:
+    """work(first, last) over the chunks, split in two threads when there is enough to do;
+    the results in chunk order. Chunks are independent, so the output is the same."""
+    if n < 1 << 20 or n_chunks < 8:
+        return [work(0, n_chunks)]
     half = n_chunks // 2 // 4 * 4  # whole groups of four for the lockstep decoder
-    second = _DECODE_POOL.submit(decode, half, n_chunks)
-    first = decode(0, half)
-    return bool(first) and bool(second.result())
+    second = _POOL.submit(work, half, n_chunks)
+    return [work(0, half), second.result()]
