@@ -292,7 +292,8 @@ def kmeans_codebook(x: np.ndarray, k: int, iterations: int = 25) -> np.ndarray:
     if lo == hi:
         return np.concatenate([[0.0], np.full(k - 1, lo)]).astype(np.float32)
     bins = 1 << 16
-    index = np.clip(((flat - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
+    scale = np.float64(bins / (hi - lo))  # float64: denormal ranges overflow float32
+    index = np.clip(((flat - lo) * scale).astype(np.int64), 0, bins - 1)
     counts = np.bincount(index, minlength=bins).astype(np.float64)
     sums = np.bincount(index, weights=flat, minlength=bins)
     centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
