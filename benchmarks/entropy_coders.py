@@ -48,7 +48,7 @@ def coders(codes: np.ndarray):
         return enc, lambda blob: zstandard.ZstdDecompressor().decompress(blob)
 
     out = [(f"zstd -{lvl} ({narrow.dtype})", *zstd(lvl)) for lvl in (1, 3, 19)]
-    stage = RansPack.fit(codes)
+    stage = RansPack.fit(int(codes.min()), int(codes.max()))
     out.append(("modelpress rANS", lambda: stage.encode({"codes": codes}),
                 lambda parts: stage.decode(parts, codes.shape, np.float32)))
     try:

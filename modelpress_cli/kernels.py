@@ -16,6 +16,11 @@ JIT = {"cache": True, "nogil": True}
 FAST = {**JIT, "fastmath": True}
 
 
+def native(x: np.ndarray) -> np.ndarray:
+    """x as a float type the kernels compile for: float16 and bfloat16 widen (exactly)."""
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+
+
 @numba.njit(**FAST)
 def _group_error(row, scale, lo, hi):
     """Squared error of rounding `row` to levels lo…hi times `scale`."""
@@ -229,6 +234,44 @@ def error_sums(x, y):
         err += d * d
         peak = max(peak, abs(d))
     return ref, err, peak
+
+
+@numba.njit(**JIT)
+def step_codes(x, step):
+    """int32 round(x / step), in float64: the codes of the entropy-constrained quantizer."""
+    out = np.empty(x.size, np.int32)
+    for i in range(x.size):
+        out[i] = np.int32(np.rint(np.float64(x[i]) / step))
+    return out
+
+
+@numba.njit(**FAST)
+def mean_square(x):
+    """Mean of x² in float64."""
+    total = 0.0
+    for i in range(x.size):
+        total += np.float64(x[i]) * np.float64(x[i])
+    return total / max(x.size, 1)
+
+
+@numba.njit(**FAST)
+def step_mse(x, step):
+    """Mean squared error of rounding x to multiples of step, without storing the codes."""
+    total = 0.0
+    for i in range(x.size):
+        a = np.float64(x[i])
+        d = a - np.rint(a / step) * step
+        total += d * d
+    return total / max(x.size, 1)
+
+
+@numba.njit(**JIT)
+def step_values(codes, step):
+    """float32(float64(code) × step): one pass, no float64 array."""
+    out = np.empty(codes.size, np.float32)
+    for i in range(codes.size):
+        out[i] = np.float32(np.float64(codes[i]) * step)
+    return out
 
 
 # rANS with a 64-bit state and 32-bit output words (docs/format.md, "pack.rans").

@@ -232,7 +232,7 @@ def _plan_step(x: np.ndarray, options: Options, non_finite: int,
     if step is None or max(-float(x.min()), float(x.max())) / step >= MAX_STEP_CODE:
         return lossless, "step too fine for the codes: kept exact"
     quantize = StepQuantize(step)
-    return [quantize, RansPack.fit(quantize.encode({"values": x})["codes"])], None
+    return [quantize, RansPack.fit(*quantize.code_range(x))], None
 
 
 def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
@@ -241,16 +241,15 @@ def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
     Starts from the high-rate rule MSE = step²/12 and corrects by the measured error: a few
     passes, each one rounding of the tensor.
     """
-    flat = x.reshape(-1).astype(np.float64)
-    power = float(flat @ flat) / flat.size
+    flat = kernels.native(x.reshape(-1))
+    power = kernels.mean_square(flat)
     if power == 0:
         return None
     wanted = power * 10 ** (-sqnr_db / 10)
     step = float(np.sqrt(12 * wanted))
     best = None
     for _ in range(8):
-        err = flat - np.rint(flat / step) * step
-        mse = float(err @ err) / flat.size
+        mse = kernels.step_mse(flat, step)
         if mse <= wanted:
             best = step if best is None else max(best, step)
             if mse >= wanted * 0.98:

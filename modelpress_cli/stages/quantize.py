@@ -412,10 +412,17 @@ class StepQuantize(Stage):
 
     def encode(self, parts: Parts) -> Parts:
         x = parts["values"]
-        codes = np.rint(x.astype(np.float64) / self.step)
-        if np.abs(codes).max(initial=0) > MAX_STEP_CODE:
+        if self.code_range(x)[1] - self.code_range(x)[0] > 2 * MAX_STEP_CODE:
             raise ConfigError(f"step {self.step:.3g} gives codes beyond ±{MAX_STEP_CODE}")
-        return {"codes": codes.astype(np.int32)}
+        codes = kernels.step_codes(kernels.native(x.reshape(-1)), float(self.step))
+        return {"codes": codes.reshape(x.shape)}
+
+    def code_range(self, x: np.ndarray) -> tuple[int, int]:
+        """The smallest and largest code of x, without coding it (rounding is monotonic)."""
+        if not x.size:
+            return 0, 0
+        return (int(np.rint(np.float64(x.min()) / self.step)),
+                int(np.rint(np.float64(x.max()) / self.step)))
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, "codes", stage=self.stage_id)
@@ -424,9 +431,10 @@ class StepQuantize(Stage):
                 or np.dtype(dtype).kind not in "fV":
             raise FormatError(f"{codes.size} {codes.dtype} codes cannot decode to shape "
                               f"{list(shape)} of {np.dtype(dtype).name}")
-        values = codes.reshape(shape) * np.float64(self.step)
-        if np.dtype(dtype) != np.float64:  # one rule for every narrower type: via float32
-            values = values.astype(np.float32)
+        if np.dtype(dtype) == np.float64:
+            values = codes.reshape(shape) * np.float64(self.step)
+        else:  # one rule for every narrower type: via float32
+            values = kernels.step_values(codes.reshape(-1), float(self.step)).reshape(shape)
         return {"values": values.astype(dtype, copy=False)}
 
     def max_magnitude(self) -> float:
