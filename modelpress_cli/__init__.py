@@ -12,8 +12,6 @@ The API the command line is a thin layer over (docs/api.md)::
 
 __version__ = "0.1.0"
 
-from .api import Weights, compress, decompress, inspect, load, verify  # noqa: E402
-from .api import open_mpz as open  # noqa: E402,A004
 from .errors import (  # noqa: E402
     ConfigError,
     FormatError,
@@ -22,7 +20,23 @@ from .errors import (  # noqa: E402
     ModelpressError,
     OutputExistsError,
 )
-from .pipeline import Options  # noqa: E402
+
+_LAZY = {"Weights": "api", "compress": "api", "decompress": "api", "inspect": "api",
+         "load": "api", "verify": "api", "open": "api", "Options": "pipeline"}
+
+
+def __getattr__(name: str):
+    """The API, imported on first use: the HDF5 reader's child process imports this package
+    and must not pay for numba and the codecs it never uses."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'modelpress_cli' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{_LAZY[name]}", __name__)
+    value = module.open_mpz if name == "open" else getattr(module, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["ConfigError", "FormatError", "IntegrityError", "MetricDropError", "ModelpressError",
            "Options", "Weights", "open",
