@@ -236,7 +236,8 @@ def _plan_step(x: np.ndarray, options: Options, non_finite: int,
 
 
 def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
-    """The largest step (to 1%) whose rounding error keeps SQNR ≥ sqnr_db; None if x is 0.
+    """The largest step (to 1%) whose rounding error keeps SQNR ≥ sqnr_db; None if x is 0
+    or no step reaches it.
 
     Starts from the high-rate rule MSE = step²/12 and corrects by the measured error: a few
     passes, each one rounding of the tensor.
@@ -256,7 +257,13 @@ def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
                 break
         ratio = np.sqrt(wanted / mse) if mse > 0 else 2.0
         step *= float(np.clip(ratio, 0.5, 2.0)) * (0.995 if mse > wanted else 1.0)
-    return best if best is not None else step * 0.5
+    for _ in range(40):  # not converged (odd distributions): halve until the error holds
+        if best is not None:
+            break
+        step /= 2
+        if kernels.step_mse(flat, step) <= wanted:
+            best = step
+    return best
 
 
 def encode(x: np.ndarray, stages: list[Stage]) -> dict[str, tuple[Block, bytes]]:

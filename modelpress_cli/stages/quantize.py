@@ -412,7 +412,8 @@ class StepQuantize(Stage):
 
     def encode(self, parts: Parts) -> Parts:
         x = parts["values"]
-        if self.code_range(x)[1] - self.code_range(x)[0] > 2 * MAX_STEP_CODE:
+        low, high = self.code_range(x)
+        if max(-low, high) > MAX_STEP_CODE:
             raise ConfigError(f"step {self.step:.3g} gives codes beyond ±{MAX_STEP_CODE}")
         codes = kernels.step_codes(kernels.native(x.reshape(-1)), float(self.step))
         return {"codes": codes.reshape(x.shape)}
