@@ -25,7 +25,12 @@ MODELS = [  # (weights, evaluation script, lower is better, best recipe)
 ]
 SETTINGS = [("lossless", []), ("8-bit", ["--bits", "8"]), ("4-bit", ["--bits", "4"]),
             ("4-bit, 50% pruned", ["--bits", "4", "--prune", "0.5"]), ("3-bit", ["--bits", "3"]),
-            ("2:4 sparse, 8-bit", ["--bits", "8", "--nm", "2:4"])]
+            ("2:4 sparse, 8-bit", ["--bits", "8", "--nm", "2:4"]),
+            ("4-bit, method auto", ["--bits", "4", "--method", "auto"]),
+            ("4-bit, g16 + 7-bit scales", ["--bits", "4", "--group-size", "16",
+                                           "--scale-bits", "7"]),
+            ("target 4.5 bpw (all tensors)", ["--target-bpw", "4.5", "--min-elements", "0"]),
+            ("min SQNR 25 dB", ["--min-sqnr", "25.0"])]
 
 
 def options(args: list[str]) -> dict:
@@ -33,7 +38,7 @@ def options(args: list[str]) -> dict:
     out = {}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         key = flag[2:].replace("-", "_")
-        out[key] = value if key in ("nm", "recipe") else float(value) if "." in value \
+        out[key] = value if key in ("nm", "recipe", "method") else float(value) if "." in value \
             else int(value)
     return out
 
