@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stages.quantize import MAX_STEP_CODE
+
 SAMPLE = 1 << 18          # values per tensor measured for its curve
 LADDER = np.arange(-28, 7) / 2  # log2(step / rms): rates from ~16 bits down to ~0
 FINE = 32                 # interpolated points per ladder rung
@@ -35,13 +37,22 @@ class Curve:
 
 
 def measure_curve(name: str, x: np.ndarray, weight: float = 1.0) -> Curve | None:
-    """The curve of one tensor, on an evenly strided sample; None for an all-zero tensor."""
+    """The curve of one tensor, on a fixed-seed random sample, over the steps whose codes
+    fit; None for an all-zero tensor (or one no step can code)."""
     flat = x.reshape(-1)
-    sample = flat[::max(1, flat.size // SAMPLE)].astype(np.float64)
+    if flat.size > SAMPLE:  # random, not strided: a stride can keep hitting the same columns
+        where = np.sort(np.random.default_rng(0).integers(0, flat.size, SAMPLE))
+        sample = flat[where].astype(np.float64)
+    else:
+        sample = flat.astype(np.float64)
     power = float(sample @ sample) / sample.size
     if power == 0:
         return None
     log_steps = LADDER + 0.5 * np.log2(power)
+    peak = max(-float(flat.min()), float(flat.max()))
+    log_steps = log_steps[2.0 ** log_steps > peak / MAX_STEP_CODE]  # steps plan() accepts
+    if log_steps.size < 2:
+        return None
     bits, errs = [], []
     for log_step in log_steps:
         step = 2.0 ** log_step

@@ -157,8 +157,10 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
         x = reader.read(info.name)
         n_params += info.size
         fixed_bytes += INDEX_BYTES_PER_TENSOR
-        stages, _ = plan(info, x, dataclasses.replace(tensor_opts, step=1.0),
-                         count_non_finite(x))
+        peak = max(-float(x.min()), float(x.max())) if x.size and x.dtype.kind in "fV" \
+            else 0.0
+        probe = dataclasses.replace(tensor_opts, step=peak / 1024 if peak > 0 else 1.0)
+        stages, _ = plan(info, x, probe, count_non_finite(x))  # would it be step-coded?
         curve = None
         if any(isinstance(s, StepQuantize) for s in stages):
             weight = 1.0 if tensor_opts.forced or not EMBEDDING.search(info.name) \
@@ -172,10 +174,13 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
             curves.append(curve)
     target_bits = opts.target_bpw * n_params
     budget = target_bits - 8 * fixed_bytes
+    rows = None
     for _ in range(3):
         try:
             steps = allocate(curves, budget)
         except ValueError:
+            if rows is not None:
+                break  # a correction overshot: keep the file already written
             raise ConfigError(f"--target-bpw {opts.target_bpw:g} is below what this model "
                               f"needs at the coarsest steps plus its exact tensors "
                               f"({8 * fixed_bytes / max(n_params, 1):.3g} bpw of those); "
@@ -183,8 +188,8 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
         rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress, threads,
                               steps)
         missed = 8 * tmp.stat().st_size - target_bits
-        if abs(missed) <= 0.01 * target_bits:
-            break
+        if not curves or abs(missed) <= 0.01 * target_bits:
+            break  # on target, or nothing left to adjust
         budget -= missed
     return rows
 
@@ -275,8 +280,8 @@ def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
         errors = measure(x, y, any(s.lossy for s in stages))
         size = sum(block.length for block, _ in blocks.values())
         candidates.append((stages, note, blocks, errors, _zero_fraction(y), size))
-        if not any(isinstance(s, UniformQuantize) for s in stages):
-            break  # kept lossless: the other methods would be too
+        if tried is tries[0] and not any(isinstance(s, UniformQuantize) for s in stages):
+            break  # uniform was not used (kept lossless): the other methods would not be
     limit = candidates[0][5] * 1.01  # "the same size": no more than uniform's bytes
     stages, note, blocks, errors, zeros, size = min(
         (c for c in candidates if c[5] <= limit), key=lambda c: c[3].sum_sq_err)

@@ -101,7 +101,8 @@ def cli() -> None:
               default="uniform", show_default=True,
               help="With --bits 2-8: uniform levels with searched scales per group; kmeans, "
                    "one fitted codebook per tensor; nf, normal-float levels (NF4) times a "
-                   "scale per group; auto, the least error of the three per tensor.")
+                   "scale per group; auto, per tensor the least error of the three at no "
+                   "more than 1% above uniform's size.")
 @click.option("--scale-bits", type=click.IntRange(3, 8), default=None,
               help="Double-quantize uniform scales to this many bits, with a float16 unit "
                    "per 16 groups (K-quants style): e.g. --group-size 16 --scale-bits 7.")

@@ -211,6 +211,9 @@ class MpzReader(ClosingReader):
         try:
             self.index = self._read_index()
             self.entries = self._parse_entries()
+            # Blocks are read through a memory map: a tensor's bytes are paged in when it is
+            # decoded, never copied into a buffer first, and threads read without seeking.
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except ModelpressError as e:
             self._file.close()
             e.at(path=self.path)
@@ -218,9 +221,6 @@ class MpzReader(ClosingReader):
         except BaseException:
             self._file.close()
             raise
-        # Blocks are read through a memory map: a tensor's bytes are paged in when it is
-        # decoded, never copied into a buffer first, and threads can read without seeking.
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         source = self.index["source"]
         self.format = source.get("format", "")
         self.metadata = source.get("metadata", {})

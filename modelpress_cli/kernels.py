@@ -13,7 +13,8 @@ import numba
 import numpy as np
 
 JIT = {"cache": True, "nogil": True}
-FAST = {**JIT, "fastmath": True}
+# Reassociation (so sums vectorise) but not "no NaN/Inf": infinities are used as sentinels.
+FAST = {**JIT, "fastmath": {"reassoc", "contract", "arcp", "nsz"}}
 
 
 def native(x: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ class Options:
       bitsandbytes leave them unquantized and llama.cpp gives its output tensor 6 bits.
     method: how --bits codes are made: "uniform" (searched scales per group), "kmeans" (one
       fitted codebook), "nf" (normal-float levels times a scale per group), or "auto" (per
-      tensor, whichever of the three has the least error).
+      tensor, the least error of the three among those no more than 1% larger than uniform).
     scale_bits: double-quantize uniform scales to this many bits (K-quants style).
     target_bpw, min_sqnr, max_rel_error: the entropy-constrained mode instead of --bits: one
       step per tensor, codes entropy-coded with rANS; the smallest file for an average bits
@@ -213,11 +213,10 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
     return stages, None
 
 
-def quantizer(bits: int, options: Options, method: str | None = None) -> Stage:
-    """The --bits stage for a method ("auto" plans uniform; the caller tries the others)."""
-    method = method or options.method
-    if method in ("kmeans", "nf"):
-        return CodebookQuantize(bits, method, options.group_size)
+def quantizer(bits: int, options: Options) -> Stage:
+    """The --bits stage for options.method ("auto" plans uniform; api tries the others)."""
+    if options.method in ("kmeans", "nf"):
+        return CodebookQuantize(bits, options.method, options.group_size)
     return UniformQuantize(bits, options.group_size, options.symmetric, options.scale_bits)
 
 
@@ -229,7 +228,9 @@ def _plan_step(x: np.ndarray, options: Options, non_finite: int,
     step = options.step
     if step is None and options.wanted_sqnr_db is not None:
         step = find_step(x, options.wanted_sqnr_db)
-    if step is None or max(-float(x.min()), float(x.max())) / step >= MAX_STEP_CODE:
+    if step is None:
+        return lossless, "all zero" if not np.any(x) else "no step reaches the target"
+    if max(-float(x.min()), float(x.max())) / step >= MAX_STEP_CODE:
         return lossless, "step too fine for the codes: kept exact"
     quantize = StepQuantize(step)
     return [quantize, RansPack.fit(*quantize.code_range(x))], None
@@ -263,7 +264,21 @@ def find_step(x: np.ndarray, sqnr_db: float) -> float | None:
         step /= 2
         if kernels.step_mse(flat, step) <= wanted:
             best = step
+    if best is not None and x.dtype not in (np.float32, np.float64):
+        best = _through_dtype(x, flat, best, wanted)
     return best
+
+
+def _through_dtype(x: np.ndarray, flat: np.ndarray, step: float, wanted: float) -> float | None:
+    """Shrink `step` until the error holds after the final cast to a 16-bit x.dtype, whose
+    own rounding adds noise that the float64 search did not see."""
+    for _ in range(60):
+        y = kernels.step_values(kernels.step_codes(flat, step), step).astype(x.dtype)
+        d = y.astype(np.float64) - flat
+        if float(d @ d) / flat.size <= wanted:
+            return step
+        step *= 0.97
+    return None
 
 
 def encode(x: np.ndarray, stages: list[Stage]) -> dict[str, tuple[Block, bytes]]:

@@ -43,6 +43,8 @@ class TensorRow:
     def gap_bits(self) -> float | None:
         """Bits per weight above the Gaussian rate-distortion bound at this SQNR, None when
         exact: bits/weight − SQNR / 6.02 (docs/quality.md says what it means)."""
+        if not self.compressed_bytes:  # tied to another tensor: its bytes are counted there
+            return None
         return gap_bits(self.bits_per_weight, self.errors.sqnr_db)
 
     def to_json(self) -> dict[str, Any]:

@@ -334,3 +334,20 @@ def test_an_h5_file_that_sends_libhdf5_into_a_loop_is_refused_in_time(tmp_path, 
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"Error: {src}: ") and "damaged" in result.stderr
     assert time.monotonic() - started < 30 and not (tmp_path / "m.mpz").exists()
+
+
+def test_crafted_rans_parts_are_refused_before_the_compiled_decoder_runs():
+    """Lengths that sum right but point past the words (or in the wrong dtype) must never
+    reach the decoder, which does not bounds-check."""
+    from modelpress_cli.errors import FormatError, IntegrityError
+    from modelpress_cli.stages import RansPack, stage_from_config
+    stage = RansPack("codes", 0, 20, 1 << 22)
+    parts = {"freqs": np.ones(1 << 20, np.uint32), "words": np.zeros(1024, np.uint32),
+             "lengths": np.array([1 << 30, 1024 - (1 << 30)], np.int64)}
+    with pytest.raises(FormatError, match="'lengths' must be uint32"):
+        stage.decode(parts, (1 << 23,), np.float32)
+    parts["lengths"] = np.array([1024, 0], np.uint32)
+    with pytest.raises(IntegrityError, match="lengths do not cover"):
+        stage.decode(parts, (1 << 23,), np.float32)
+    with pytest.raises(FormatError, match="positive finite"):
+        stage_from_config({"id": "quantize.step", "step": 10 ** 400})

@@ -113,3 +113,49 @@ def test_modes_exclude_each_other_with_a_clear_message(tmp_path, gaussian):
         mp.compress(gaussian, tmp_path / "m.mpz", bits=4, min_sqnr=20.0)
     with pytest.raises(mp.ConfigError, match="--method must be one of"):
         mp.compress(gaussian, tmp_path / "m.mpz", bits=4, method="gptq")
+
+
+def test_auto_tries_all_three_methods(tmp_path, gaussian, monkeypatch):
+    import modelpress_cli.api as api
+    tried, real_plan = [], api.plan
+    monkeypatch.setattr(api, "plan", lambda info, x, opts, nf: (
+        tried.append(opts.method), real_plan(info, x, opts, nf))[1])
+    mp.compress(gaussian, tmp_path / "a.mpz", bits=4, method="auto", threads=1)
+    assert tried == ["uniform", "kmeans", "nf"] * 2
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_min_sqnr_holds_after_the_cast_to_a_16_bit_dtype(tmp_path, dtype):
+    from modelpress_cli.formats.base import DTYPES
+    from modelpress_cli.formats.safetensors import write_safetensors
+    x = np.random.default_rng(3).normal(0, 0.02, (256, 256)).astype(DTYPES[dtype])
+
+    class One:  # the smallest reader write_safetensors needs
+        format, metadata = "npz", {}
+
+        def infos(self):
+            from modelpress_cli.formats.base import TensorInfo
+            return iter([TensorInfo("w", x.shape, dtype)])
+
+        def read(self, name):
+            return x
+
+    src = tmp_path / "m.safetensors"
+    write_safetensors(src, One(), lambda message: None)
+    for sqnr in (40.0, 50.0):
+        mp.compress(src, tmp_path / "m.mpz", min_sqnr=sqnr, force=True)
+        assert sqnr_db(x, mp.load(tmp_path / "m.mpz")["w"]) >= sqnr
+
+
+def test_tiny_weights_keep_a_usable_scale(tmp_path):
+    x = np.random.default_rng(4).normal(0, 1e-7, (64, 256)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", w=x)
+    report = mp.compress(tmp_path / "t.npz", tmp_path / "t.mpz", bits=4)
+    assert report.rows[0].errors.rel_error < 0.3  # float16 scales of 1e-8 round up, not to 0
+
+
+def test_kmeans_after_pruning_spends_its_levels_on_the_survivors(tmp_path, gaussian):
+    mp.compress(gaussian, tmp_path / "k.mpz", bits=4, method="kmeans", prune=0.5)
+    with mp.open(tmp_path / "k.mpz") as weights:
+        used = np.unique(weights["gauss"])
+    assert used.size >= 15  # 0 and 15 distinct levels, not a pile of duplicate zeros

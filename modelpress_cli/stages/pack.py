@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
@@ -11,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import kernels
-from ..errors import ConfigError, IntegrityError
+from ..errors import ConfigError, FormatError, IntegrityError
 from ..formats.base import DTYPES
 from .base import Parts, Stage, register, require
 
@@ -200,9 +201,10 @@ class RansPack(Stage):
 
     zstd's Huffman stage spends a whole bit on symbols more likely than 1/2 and cannot code
     alphabets beyond 256; rANS (Duda's asymmetric numeral systems) comes within 0.1% of the
-    codes' order-0 entropy. Symbols are code − offset; the parts are their frequencies
-    (scaled to sum to 2**prec), the 32-bit words of independent streams of `chunk` symbols,
-    and each stream's length in words. See docs/format.md for the exact coder.
+    codes' order-0 entropy on weights (benchmarks/entropy_coders.py; by construction the
+    rounding of frequencies costs under 0.5%). Symbols are code − offset; the parts are
+    their frequencies (scaled to sum to 2**prec), the 32-bit words of independent streams
+    of `chunk` symbols, and each stream's length in words. See docs/format.md for the exact coder.
     """
 
     stage_id: ClassVar[str] = "pack.rans"
@@ -242,13 +244,19 @@ class RansPack(Stage):
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, "freqs", "words", "lengths", stage=self.stage_id)
-        freqs = parts["freqs"].reshape(-1).astype(np.uint32)
-        words = np.ascontiguousarray(parts["words"].reshape(-1), dtype=np.uint32)
+        for name in ("freqs", "words", "lengths"):  # the kernels trust these: check first
+            if parts[name].dtype != np.uint32:
+                raise FormatError(f"rANS part {name!r} must be uint32, not {parts[name].dtype}")
+        freqs = np.ascontiguousarray(parts["freqs"].reshape(-1))
+        words = np.ascontiguousarray(parts["words"].reshape(-1))
         lengths = parts["lengths"].reshape(-1).astype(np.int64)
         n = prod(shape)
         if not 0 < freqs.size <= MAX_ALPHABET or int(freqs.sum(dtype=np.uint64)) != 1 << self.prec:
             raise IntegrityError(f"rANS frequencies must sum to 2**{self.prec}")
-        if lengths.size != -(-n // self.chunk) or int(lengths.sum()) != words.size:
+        if self.offset + freqs.size - 1 > np.iinfo(np.int32).max:
+            raise FormatError(f"rANS codes {self.offset} + {freqs.size} overflow int32")
+        if lengths.size != -(-n // self.chunk) or (lengths.size and lengths.min() < 2) \
+                or int(lengths.sum()) != words.size:
             raise IntegrityError(f"rANS stream lengths do not cover {words.size} words "
                                  f"in {-(-n // self.chunk)} chunks")
         cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
@@ -279,7 +287,16 @@ def _symbols(codes: np.ndarray, offset: int, alphabet: int) -> tuple[np.ndarray,
     return symbols, counts
 
 
-_POOL = ThreadPoolExecutor(2, thread_name_prefix="modelpress-rans")
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A helper thread for the second half of a tensor's chunks, made per process: a pool
+    inherited through fork() has no threads behind it and would hang."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="modelpress-rans"))
+    return _POOL[1]
 
 
 def _in_halves(work, n_chunks: int, n: int) -> list:
@@ -288,5 +305,5 @@ def _in_halves(work, n_chunks: int, n: int) -> list:
     if n < 1 << 20 or n_chunks < 8:
         return [work(0, n_chunks)]
     half = n_chunks // 2 // 4 * 4  # whole groups of four for the lockstep decoder
-    second = _POOL.submit(work, half, n_chunks)
+    second = _pool().submit(work, half, n_chunks)
     return [work(0, half), second.result()]

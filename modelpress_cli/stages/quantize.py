@@ -42,7 +42,8 @@ def as_rows(shape: tuple[int, ...], group_size: int | str) -> tuple[tuple[int, i
     else:
         rows = size // shape[-1] if shape[-1] else 0
     cols = size // rows if rows else 0
-    group = group_size if isinstance(group_size, int) else max(cols, 1)
+    # a group longer than the row is the row: the same groups, without padding to the claim
+    group = min(group_size, max(cols, 1)) if isinstance(group_size, int) else max(cols, 1)
     return (rows, cols), group
 
 
@@ -73,6 +74,16 @@ def sign_extend(codes: np.ndarray, bits: int) -> np.ndarray:
     """b-bit two's-complement codes (stored modulo 2**b) as signed int32."""
     v = codes.astype(np.int32)
     return v - ((v >> (bits - 1)) & 1) * (1 << bits)
+
+
+def to_float16(scale: np.ndarray) -> np.ndarray:
+    """Nearest float16, except that a scale which would round to 0 rounds away from it
+    (a group of tiny weights keeps a usable step instead of collapsing to zeros)."""
+    s16 = scale.astype(np.float16)
+    lost = (s16 == 0) & (scale != 0)
+    s16[lost] = np.copysign(round_up_float16(np.abs(scale[lost]).astype(np.float64)),
+                            scale[lost]).astype(np.float16)
+    return s16
 
 
 @register
@@ -129,8 +140,8 @@ class UniformQuantize(Stage):
         ratios = search_ratios(self.bits)
         out: Parts = {}
         if self.scale_bits is None:
-            scale = kernels.search_scales(flat, lo, hi, ratios, search_refits(self.bits))
-            scale = scale.astype(np.float16)
+            scale = to_float16(kernels.search_scales(flat, lo, hi, ratios,
+                                                     search_refits(self.bits)))
             out["scales"] = scale.reshape(rows, -1)
             effective = scale.astype(np.float32)
         else:
@@ -182,6 +193,11 @@ class UniformQuantize(Stage):
         if parts["codes"].size != rows * cols or np.dtype(dtype).kind not in "fV":
             raise FormatError(f"{parts['codes'].size} codes cannot decode to shape "
                               f"{list(shape)} of {np.dtype(dtype).name}")
+        for name in ("codes", "zeros", "scale_codes"):
+            if name in parts and parts[name].dtype != np.uint8:
+                raise FormatError(f"{name} must be uint8, not {parts[name].dtype}")
+        if parts["scales"].dtype.kind != "f":
+            raise FormatError(f"scales must be floats, not {parts['scales'].dtype}")
         scales = parts["scales"].astype(np.float32).reshape(-1)
         if double:
             scales = sign_extend(parts["scale_codes"].reshape(-1), self.scale_bits) * np.repeat(
@@ -275,8 +291,8 @@ def normal_float_codebook(bits: int) -> np.ndarray:
 def nearest_codes(x: np.ndarray, codebook: np.ndarray) -> np.ndarray:
     """Index of the nearest codebook entry for each value (ties to the lower one)."""
     order = np.argsort(codebook, kind="stable")
-    ordered = codebook[order].astype(np.float32)
-    edges = (ordered[1:] + ordered[:-1]) / 2
+    ordered = codebook[order].astype(np.float64)
+    edges = (ordered[1:] + ordered[:-1]) / 2  # float64: no overflow near float32's limits
     return order[np.searchsorted(edges, x, side="left")].astype(np.uint8)
 
 
@@ -287,13 +303,15 @@ def kmeans_codebook(x: np.ndarray, k: int, iterations: int = 25) -> np.ndarray:
     O(bins) instead of a pass over the tensor; quantile initialisation makes it deterministic.
     The zero level keeps pruned weights exact, as Deep Compression's shared weights do not.
     """
-    flat = x.reshape(-1).astype(np.float32, copy=False)
+    flat = x.reshape(-1).astype(np.float64)  # float64: ranges near float32's limits
+    flat = flat[flat != 0]  # zeros (pruned) have their level: fit the others
+    if not flat.size:
+        return np.zeros(k, np.float32)
     lo, hi = float(flat.min()), float(flat.max())
     if lo == hi:
         return np.concatenate([[0.0], np.full(k - 1, lo)]).astype(np.float32)
     bins = 1 << 16
-    scale = np.float64(bins / (hi - lo))  # float64: denormal ranges overflow float32
-    index = np.clip(((flat - lo) * scale).astype(np.int64), 0, bins - 1)
+    index = np.clip(((flat - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
     counts = np.bincount(index, minlength=bins).astype(np.float64)
     sums = np.bincount(index, weights=flat, minlength=bins)
     centers = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
@@ -355,6 +373,9 @@ class CodebookQuantize(Stage):
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, "codes", "codebook", *(("scales",) if self.method == "nf" else ()),
                 stage=self.stage_id)
+        if parts["codes"].dtype != np.uint8 or parts["codebook"].dtype.kind != "f":
+            raise FormatError(f"codes must be uint8 and the codebook floats, not "
+                              f"{parts['codes'].dtype} and {parts['codebook'].dtype}")
         codebook = parts["codebook"].astype(np.float32).reshape(-1)
         if codebook.size != 1 << self.bits or parts["codes"].size != prod(shape) \
                 or np.dtype(dtype).kind not in "fV":
@@ -406,9 +427,12 @@ class StepQuantize(Stage):
     step: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \
-                or not (0 < self.step < float("inf")):
-            raise ConfigError(f"step must be a positive number, got {self.step!r}")
+        try:
+            ok = not isinstance(self.step, bool) and 0 < float(self.step) < math.inf
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"step must be a positive finite number, got {self.step!r}")
 
     def encode(self, parts: Parts) -> Parts:
         x = parts["values"]
@@ -428,7 +452,7 @@ class StepQuantize(Stage):
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, "codes", stage=self.stage_id)
         codes = parts["codes"]
-        if codes.size != prod(shape) or codes.dtype.kind not in "iu" \
+        if codes.size != prod(shape) or codes.dtype != np.int32 \
                 or np.dtype(dtype).kind not in "fV":
             raise FormatError(f"{codes.size} {codes.dtype} codes cannot decode to shape "
                               f"{list(shape)} of {np.dtype(dtype).name}")
@@ -438,8 +462,5 @@ class StepQuantize(Stage):
             values = kernels.step_values(codes.reshape(-1), float(self.step)).reshape(shape)
         return {"values": values.astype(dtype, copy=False)}
 
-    def max_magnitude(self) -> float:
-        return self.step * MAX_STEP_CODE
-
     def describe(self) -> str:
-        return f"step {self.step:.3g}"
+        return f"step {float(self.step):.3g}"
