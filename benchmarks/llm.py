@@ -14,7 +14,8 @@ for every size of a dtype. It is generated once, a tensor at a time, into --work
 
 Each modelpress figure is the median of --repeat runs, each in a fresh process (peak RSS is
 that run's own VmHWM, the highest of the runs). MB/s is of the input file (compress) or of the
-tensors written (decompress); compress runs on every core, decompress on one. Baselines in the
+tensors written (decompress) or decoded in memory (decode, through mp.open, nothing written);
+compress runs on every core, decompress and decode on one (rANS streams on two). Baselines in the
 same run: gguf's numpy Q8_0 and Q4_0 (quantize/dequantize calls alone over the 2-D tensors,
 float32 input, one thread) and zstd level 3 alone, streaming over the file's bytes (one thread).
 Everything reads the model from the page cache (it was just written or read). Prints a table,
@@ -83,6 +84,12 @@ if op == "gguf":
             out["quantized_bytes"] += q.nbytes
             out["quantized_params"] += x.size
             del x, q, y
+elif op == "decode":  # every tensor decoded into memory and dropped: no file written
+    import modelpress_cli as mp
+    start = time.perf_counter()
+    with mp.open(args["src"]) as weights:
+        out["float32_bytes"] = sum(weights[name].nbytes for name in weights)
+    out["seconds"] = time.perf_counter() - start
 else:
     import modelpress_cli as mp
     start = time.perf_counter()
@@ -195,6 +202,8 @@ def measure_modelpress(src: Path, workdir: Path, repeat: int, bound: float) -> l
         print(f"modelpress {label}: decompress...", file=sys.stderr)
         dec = [run_child({"op": "decompress", "src": str(mpz), "dst": str(back)})
                for _ in range(repeat)]
+        print(f"modelpress {label}: decode in memory...", file=sys.stderr)
+        decode = [run_child({"op": "decode", "src": str(mpz)}) for _ in range(repeat)]
         out_mb = tensor_bytes(back) / MB
         comp_rss, dec_rss = max(c["peak_rss"] for c in comp), max(d["peak_rss"] for d in dec)
         rows.append({"setting": label, "options": settings,
@@ -204,6 +213,8 @@ def measure_modelpress(src: Path, workdir: Path, repeat: int, bound: float) -> l
                          c["seconds"] for c in comp), 1),
                      "decompress_mb_s": round(out_mb / statistics.median(
                          d["seconds"] for d in dec), 1),
+                     "decode_mb_s": round(decode[0]["float32_bytes"] / MB / statistics.median(
+                         d["seconds"] for d in decode), 1),
                      "compress_peak_rss_mb": round(comp_rss / MB),
                      "decompress_peak_rss_mb": round(dec_rss / MB),
                      "within_bound": max(comp_rss, dec_rss) <= bound,
@@ -294,22 +305,25 @@ def print_table(result: dict) -> None:
           f"{m['commit'][:10] if m['commit'] else 'a folder outside git'}"
           f"{' + uncommitted changes' if m['uncommitted_changes'] else ''}")
     print(f"{'setting':22} {'ratio':>6} {'bits/w':>7} {'comp MB/s':>10} {'decomp MB/s':>12} "
-          f"{'comp RSS':>9} {'decomp RSS':>10}  bound")
+          f"{'decode MB/s':>12} {'comp RSS':>9} {'decomp RSS':>10}  bound")
     for r in result["rows"]:
         print(f"{r['setting']:22} {r['ratio']:>6} {r['bits_per_weight']:>7} "
               f"{r['compress_mb_s']:>10} {r['decompress_mb_s']:>12} "
+              f"{r.get('decode_mb_s', ''):>12} "
               f"{r['compress_peak_rss_mb']:>7}MB {r['decompress_peak_rss_mb']:>8}MB  "
               f"{'ok' if r['within_bound'] else 'OVER'}")
     for r in result["baselines"]["gguf"]:
         print(f"{r['setting'] + ' (numpy)':22} {r['ratio']:>6} {r['bits_per_weight']:>7} "
-              f"{r['quantize_mb_s']:>10} {r['dequantize_mb_s']:>12} "
+              f"{r['quantize_mb_s']:>10} {'':>12} {r['dequantize_mb_s']:>12} "
               f"{r['peak_rss_mb']:>7}MB {'':>10}")
     z = result["baselines"]["zstd3"]
     print(f"{'zstd -3 alone':22} {z['ratio']:>6} {z['bits_per_weight']:>7} "
           f"{z['compress_mb_s']:>10} {'':>12}")
     print(f"modelpress: whole compress() call (read, encode on {m['cpu_count']} threads, "
-          "round-trip check, write) and decompress() (one thread); MB/s of the file read or "
-          "the tensors written. Embeddings and lm_head get at least 8 bits (--embed-bits).")
+          "round-trip check, write) and decompress() (one thread: decode, write, fsync); "
+          "decode = every tensor of mp.open() decoded into memory, "
+          "nothing written; MB/s of the file read or the float32 tensors produced. Embeddings "
+          "and lm_head get at least 8 bits (--embed-bits).")
     print("gguf: the quantize()/dequantize() calls alone, single-threaded numpy, over the 2-D "
           "tensors as float32 (MB/s of float32); norms kept as stored. zstd: one thread, "
           "streaming.")

@@ -333,7 +333,17 @@ class MpzReader(ClosingReader):
                 e.message = f"block {part!r}: {e.message}"
                 e.at(path=self.path, tensor=name)
                 raise
+            finally:
+                self._release(block)
         return parts
+
+    def _release(self, block: Block) -> None:
+        """Unmap a block's pages from this process once read: they stay in the page cache
+        (and are read again from it if a part still views them), but a reader that walks a
+        whole file no longer holds it all in its resident memory."""
+        start = block.offset - block.offset % mmap.PAGESIZE
+        if block.length and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, block.offset + block.length - start)
 
     def read(self, name: str) -> np.ndarray:
         """One tensor, decoded and checked against its declared shape and dtype."""
