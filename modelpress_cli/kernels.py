@@ -281,29 +281,28 @@ MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @numba.njit(**JIT)
-def rans_symbols(codes, offset, alphabet):
-    """(symbols = code − offset as uint32, their counts, ok): ok is False if a code falls
-    outside offset … offset + alphabet − 1."""
-    symbols = np.empty(codes.size, np.uint32)
+def rans_counts(codes, offset, alphabet):
+    """(how often each symbol code − offset occurs, ok): ok is False if a code falls outside
+    offset … offset + alphabet − 1."""
     counts = np.zeros(alphabet, np.int64)
     for i in range(codes.size):
         s = np.int64(codes[i]) - offset
         if s < 0 or s >= alphabet:
-            return symbols, counts, False
-        symbols[i] = s
+            return counts, False
         counts[s] += 1
-    return symbols, counts, True
+    return counts, True
 
 
 @numba.njit(**JIT)
-def rans_encode(symbols, freqs, cums, prec, chunk, first, last):
-    """Encode chunks first…last−1 of `symbols`; returns (their words, words per chunk).
+def rans_encode(codes, offset, freqs, cums, prec, chunk, first, last):
+    """Encode chunks first…last−1 of the symbols code − offset; returns (their words, words
+    per chunk). The codes must have been checked by rans_counts.
 
     Chunks are independent, so ranges of them can be coded in parallel and concatenated.
     Each is coded last symbol first so that its decoder reads forward: its stream is the
     final state (two words, low first), then the words that renormalization emitted.
     """
-    n = symbols.size
+    n = codes.size
     start = first * chunk
     stop = min(n, last * chunk)
     out = np.empty(stop - start + 2 * (last - first), np.uint32)  # ≤ one word per symbol
@@ -316,7 +315,7 @@ def rans_encode(symbols, freqs, cums, prec, chunk, first, last):
         x = RANS_LOW
         pos = buf.size
         for k in range(min(n, (c + 1) * chunk) - 1, c * chunk - 1, -1):
-            s = symbols[k]
+            s = np.int64(codes[k]) - offset
             f = np.uint64(freqs[s])
             if x >= bound * f:
                 pos -= 1

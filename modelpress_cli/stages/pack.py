@@ -230,14 +230,18 @@ class RansPack(Stage):
         return cls(part, low, rans_precision(high - low + 1))
 
     def encode(self, parts: Parts) -> Parts:
-        codes = parts[self.part]
-        symbols, counts = _symbols(codes, self.offset, min(
-            MAX_ALPHABET, int(codes.max(initial=0)) - self.offset + 1))
+        codes = np.ascontiguousarray(parts[self.part].reshape(-1), dtype=np.int32)
+        alphabet = max(1, min(MAX_ALPHABET, int(codes.max(initial=0)) - self.offset + 1))
+        counts, ok = kernels.rans_counts(codes, self.offset, alphabet)
+        if not ok:
+            raise ConfigError(f"codes outside {self.offset}…{self.offset + alphabet - 1}: "
+                              f"rANS takes at most {MAX_ALPHABET} symbols")
         freqs = normalized_freqs(counts, self.prec)
         cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
-        n_chunks = -(-symbols.size // self.chunk)
+        n_chunks = -(-codes.size // self.chunk)
         pieces = _in_halves(lambda first, last: kernels.rans_encode(
-            symbols, freqs, cums, self.prec, self.chunk, first, last), n_chunks, symbols.size)
+            codes, self.offset, freqs, cums, self.prec, self.chunk, first, last), n_chunks,
+            codes.size)
         out = {k: v for k, v in parts.items() if k != self.part}
         return {**out, "freqs": freqs, "words": np.concatenate([w for w, _ in pieces]),
                 "lengths": np.concatenate([n for _, n in pieces])}
@@ -260,7 +264,8 @@ class RansPack(Stage):
             raise IntegrityError(f"rANS stream lengths do not cover {words.size} words "
                                  f"in {-(-n // self.chunk)} chunks")
         cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
-        slot_symbol = np.repeat(np.arange(freqs.size, dtype=np.uint32), freqs)
+        table_type = np.uint16 if freqs.size <= 1 << 16 else np.uint32  # half the cache lines
+        slot_symbol = np.repeat(np.arange(freqs.size, dtype=table_type), freqs)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         symbols = np.empty(n, np.uint32)
         ok = _in_halves(lambda first, last: kernels.rans_decode(
@@ -275,16 +280,6 @@ class RansPack(Stage):
 
     def describe(self) -> str:
         return "rANS"
-
-
-def _symbols(codes: np.ndarray, offset: int, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symbols (code − offset) and their counts; ConfigError if a code is out of range."""
-    symbols, counts, ok = kernels.rans_symbols(
-        np.ascontiguousarray(codes.reshape(-1), dtype=np.int32), offset, max(1, alphabet))
-    if not ok:
-        raise ConfigError(f"codes outside {offset}…{offset + max(1, alphabet) - 1}: "
-                          f"rANS takes at most {MAX_ALPHABET} symbols")
-    return symbols, counts
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
