@@ -40,6 +40,8 @@ import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from provenance import code_state  # noqa: E402
+
 import modelpress_cli  # noqa: E402
 from modelpress_cli.formats.base import DTYPES, TensorInfo  # noqa: E402
 from modelpress_cli.formats.safetensors import (  # noqa: E402
@@ -276,22 +278,6 @@ def machine_facts() -> dict:
             "numpy": np.__version__, "gguf": version("gguf"), "zstandard": zstandard.__version__,
             "modelpress": modelpress_cli.__version__, **code_state(),
             "date": time.strftime("%Y-%m-%d")}
-
-
-def code_state() -> dict:
-    """Which modelpress_cli is measured: its folder, commit and uncommitted changes, if any."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
-                                  text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    changed = git("status", "--porcelain", "--", "modelpress_cli") if commit else None
-    return {"modelpress_path": str(Path(modelpress_cli.__file__).parent), "commit": commit,
-            "uncommitted_changes": changed.splitlines() if changed else []}
 
 
 def print_table(result: dict) -> None:

@@ -44,7 +44,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from provenance import code_state  # noqa: E402
+
 import modelpress_cli as mp  # noqa: E402
 
 MB = 1e6
@@ -376,24 +377,8 @@ def machine_facts() -> dict:
             "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), "numpy": np.__version__,
             "gguf": ver("gguf"), "matplotlib": ver("matplotlib"),
-            "modelpress": mp.__version__, **code_state(), "date": time.strftime("%Y-%m-%d")}
-
-
-def code_state() -> dict:
-    """Which modelpress_cli is measured: its commit and uncommitted changes, if any."""
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
-                                  text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    changed = git("status", "--porcelain", "--", "modelpress_cli") if commit else None
-    return {"modelpress_path": str(Path(mp.__file__).parent), "commit": commit,
-            "uncommitted_changes": changed.splitlines() if changed else [],
-            "source_digest": source_digest()}
+            "modelpress": mp.__version__, **code_state(), "source_digest": source_digest(),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def source_digest() -> str:
