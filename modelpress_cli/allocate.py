@@ -21,7 +21,7 @@ FINE = 32                 # interpolated points per ladder rung
 #: Embeddings and heads count this much more in the objective: the model is most sensitive
 #: there (see Options.embed_bits); 16 is worth about 2 bits per weight.
 EMBEDDING_WEIGHT = 16.0
-RANS_OVERHEAD = 1.002     # rANS output over the codes' entropy, measured in the stage tests
+RANS_OVERHEAD = 1.002     # rANS size over the entropy: 1.0003-1.0010 in entropy_coders.py
 
 
 @dataclass(frozen=True)
