@@ -599,12 +599,13 @@ def test_step_rans(tmp_path, options):
         step, rans = entry["stages"]
         assert step["id"] == "quantize.step" and step["step"] > 0
         assert rans["id"] == "pack.rans" and rans["part"] == "codes"
-        assert 1 <= rans["prec"] <= 20 and isinstance(rans["offset"], int)
         assert set(entry["blocks"]) == {"freqs", "lengths", "words"}
         n = math.prod(entry["shape"])
         assert entry["blocks"]["lengths"]["shape"] == [-(-n // rans["chunk"])]
         freqs = ir.read_blocks(dst, entry["name"])["freqs"]
         assert freqs.dtype == np.uint32 and int(freqs.sum()) == 2 ** rans["prec"]
+        # the table spans exactly the codes used: offset is the smallest, the last the largest
+        assert freqs[0] > 0 and freqs[-1] > 0, entry["name"]
     got = _assert_reader_matches(dst)
     for name, original in arrays.items():
         assert np.all(got[name].reshape(-1)[::7] == 0), name  # code 0 is the value 0
