@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-import hashlib
 import math
 import os
 import time
@@ -23,15 +23,15 @@ from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
 from .formats.sharded import ShardedReader, write_sharded
+from .parallel import THREADS
 from .pipeline import (
     EMBEDDING,
     ErrorStats,
     Options,
-    count_non_finite,
-    decode,
     encode,
-    measure,
+    encode_measured,
     plan,
+    scan,
 )
 from .recipe import Recipe, load_recipe
 from .report import Report, TensorRow
@@ -96,12 +96,13 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     sharded = isinstance(reader, ShardedReader)
     input_bytes = reader.n_bytes if sharded else src.stat().st_size
     suffix = ".safetensors" if sharded else src.suffix  # the gate's copy: one file
+    threads = threads or os.cpu_count() or 1
+    limit = THREADS.set(threads)  # big tensors split their kernels over as many (parallel.py)
     try:
         original = None if eval_command is None else run_metric(
             eval_command, src, eval_key, which="original")
         started = time.perf_counter()
         with atomic_output(dst, force=force, inputs=(src,)) as tmp:
-            threads = threads or os.cpu_count() or 1
             if opts.target_bpw is None:
                 rows = _compress_into(reader, src, input_bytes, tmp, opts, recipe, progress,
                                       threads)
@@ -110,6 +111,7 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
                                            progress, threads)
             out_bytes = tmp.stat().st_size
     finally:
+        THREADS.reset(limit)
         reader.close()
     report = Report(str(src), str(dst), input_bytes, out_bytes,
                     time.perf_counter() - started, rows, _warnings(rows, opts, recipe))
@@ -157,10 +159,9 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
         x = reader.read(info.name)
         n_params += info.size
         fixed_bytes += INDEX_BYTES_PER_TENSOR
-        peak = max(-float(x.min()), float(x.max())) if x.size and x.dtype.kind in "fV" \
-            else 0.0
-        probe = dataclasses.replace(tensor_opts, step=peak / 1024 if peak > 0 else 1.0)
-        stages, _ = plan(info, x, probe, count_non_finite(x))  # would it be step-coded?
+        found = scan(x)
+        probe = dataclasses.replace(tensor_opts, step=found[1] / 1024 if found[1] > 0 else 1.0)
+        stages, _ = plan(info, x, probe, found)  # would it be step-coded?
         curve = None
         if any(isinstance(s, StepQuantize) for s in stages):
             weight = 1.0 if tensor_opts.forced or not EMBEDDING.search(info.name) \
@@ -217,7 +218,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
               "metadata": dict(reader.metadata)}
     writer = MpzWriter(tmp, source)
     rows: list[TensorRow] = []
-    seen: dict[tuple, TensorRow] = {}
+    seen: dict[tuple, list[TensorRow]] = {}
     pending: deque[tuple[TensorInfo, Options, Future]] = deque()
     done, total = 0, sum(i.n_bytes for i in reader.infos())
 
@@ -241,8 +242,8 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
                 write_oldest()
             tensor_opts = _tensor_options(info, opts, recipe, steps)
             x = reader.read(info.name)
-            pending.append((info, tensor_opts, pool.submit(_encode_tensor, info, x,
-                                                            tensor_opts)))
+            pending.append((info, tensor_opts, pool.submit(
+                contextvars.copy_context().run, _encode_tensor, info, x, tensor_opts)))
         while pending:
             write_oldest()
         writer.close()
@@ -260,7 +261,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
 class _Encoded:
     """One tensor encoded and measured, waiting to be written (or found to be a twin)."""
 
-    digest: tuple
+    key: tuple  # what tied weights share; confirmed on the bytes (_write_tensor)
     stages: list
     blocks: dict
     row: TensorRow
@@ -269,45 +270,36 @@ class _Encoded:
 def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
     """Plan, encode and measure one tensor (on a worker thread). With --method auto, each
     method is tried and the one with the least error at no more bytes than uniform kept."""
-    non_finite = count_non_finite(x)
+    found = scan(x)
     tries = [opts] if opts.method != "auto" else [
         dataclasses.replace(opts, method=m) for m in ("uniform", "kmeans", "nf")]
     candidates = []
     for tried in tries:
-        stages, note = plan(info, x, tried, non_finite)
-        blocks = encode(x, stages)
-        y = decode(blocks, stages, info)  # the true round trip, from the bytes to be written
-        errors = measure(x, y, any(s.lossy for s in stages))
+        stages, note = plan(info, x, tried, found)
+        blocks, errors, zeros = encode_measured(info, x, stages)
         size = sum(block.length for block, _ in blocks.values())
-        candidates.append((stages, note, blocks, errors, _zero_fraction(y), size))
+        candidates.append((stages, note, blocks, errors, zeros, size))
         if tried is tries[0] and not any(isinstance(s, UniformQuantize) for s in stages):
             break  # uniform was not used (kept lossless): the other methods would not be
     limit = candidates[0][5] * 1.01  # "the same size": no more than uniform's bytes
     stages, note, blocks, errors, zeros, size = min(
         (c for c in candidates if c[5] <= limit), key=lambda c: c[3].sum_sq_err)
-    digest = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
-              _blocks_digest(blocks))
+    key = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
+           tuple((name, b.dtype, b.shape, b.bits, b.codec, b.length, b.crc32)
+                 for name, (b, _) in blocks.items()))
     row = TensorRow(info.name, info.shape, info.dtype, describe_chain(stages), _bits(stages, x),
-                    zeros, info.n_bytes, size, info.size, errors, note, non_finite, opts.rule)
-    return _Encoded(digest, stages, blocks, row)
-
-
-def _blocks_digest(blocks: dict) -> bytes:
-    """What makes two tensors' stored forms the same: their encoded bytes (deterministic,
-    and smaller than the tensor, so cheaper to hash than the weights themselves)."""
-    h = hashlib.blake2b(digest_size=32)
-    for name, (block, payload) in blocks.items():
-        h.update(repr((name, block.dtype, block.shape, block.bits, block.codec)).encode())
-        h.update(payload)
-    return h.digest()
+                    zeros, info.n_bytes, size, info.size, errors, note, found[0], opts.rule)
+    return _Encoded(key, stages, blocks, row)
 
 
 def _write_tensor(info: TensorInfo, opts: Options, encoded: _Encoded, writer: MpzWriter,
-                  seen: dict[tuple, TensorRow]) -> TensorRow:
-    """Write one encoded tensor; one whose stored form (stages and encoded bytes) equals an
-    earlier one's — tied weights — is stored once, as an alias of the first. Its own
-    errors are reported: two different tensors may quantize to the same codes."""
-    twin = seen.get(encoded.digest)
+                  seen: dict[tuple, list[TensorRow]]) -> TensorRow:
+    """Write one encoded tensor; one whose stored form equals an earlier one's — tied
+    weights — is stored once, as an alias of the first. Candidates share stages, block
+    lengths and checksums; the bytes already written confirm them. Its own errors are
+    reported: two different tensors may quantize to the same codes."""
+    earlier = seen.setdefault(encoded.key, [])
+    twin = next((r for r in earlier if writer.holds(r.name, encoded.blocks)), None)
     if twin is not None:
         writer.add_alias(info, twin.name, opts.rule)
         own = encoded.row
@@ -315,7 +307,7 @@ def _write_tensor(info: TensorInfo, opts: Options, encoded: _Encoded, writer: Mp
                          own.sparsity, info.n_bytes, 0, info.size, own.errors, None,
                          own.non_finite, opts.rule)
     writer.add(info, encoded.stages, encoded.blocks, opts.rule)
-    seen[encoded.digest] = encoded.row
+    earlier.append(encoded.row)
     return encoded.row
 
 
@@ -323,10 +315,6 @@ def _bits(stages, x: np.ndarray) -> int:
     """Bits per stored value before packing overheads: the code width or the dtype's."""
     widths = [s.code_bits() for s in stages if s.code_bits()]
     return widths[-1] if widths else x.dtype.itemsize * 8
-
-
-def _zero_fraction(y: np.ndarray) -> float:
-    return float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0
 
 
 @dataclass

@@ -33,6 +33,7 @@ VERSION = 1
 HEADER = struct.Struct("<8sII")    # magic, version, flags (0)
 FOOTER = struct.Struct("<QQII8s")  # index offset, index length, index CRC-32, version, magic
 ALIGN = 64                         # every block starts at a multiple of 64 bytes
+COMPARE_BYTES = 16 << 20           # tied-weight check: read back this much at a time
 MAX_INDEX_BYTES = 1 << 28          # 256 MiB of JSON: millions of tensors
 MAX_ZSTD_RATIO = 1 << 15           # zstd's limit (4-byte RLE blocks of 128 KiB): beyond is crafted
 ELEMENTS_PER_BYTE = 1 << 18        # a tensor must store at least a byte per 2**18 elements
@@ -99,9 +100,10 @@ class MpzWriter:
 
     def __init__(self, path: str | os.PathLike, source: dict[str, Any]) -> None:
         self.path = Path(path)
-        self._file: BinaryIO = open(self.path, "wb")
+        self._file: BinaryIO = open(self.path, "w+b")  # read back by holds()
         self._file.write(HEADER.pack(MAGIC, VERSION, 0))
         self._entries: list[dict[str, Any]] = []
+        self._placed: dict[str, dict[str, dict[str, Any]]] = {}
         self._source = source
 
     def _write_aligned(self, payload: bytes | memoryview) -> int:
@@ -120,6 +122,24 @@ class MpzWriter:
             placed[part] = {**block.to_json(), "offset": offset}
         self._entries.append({**_tensor_json(info, rule), "blocks": placed,
                               "stages": [s.get_config() for s in stages]})
+        self._placed[info.name] = placed
+
+    def holds(self, name: str, blocks: dict[str, tuple[Block, bytes | memoryview]]) -> bool:
+        """Whether `blocks` are byte for byte those written for tensor `name` (read back,
+        16 MB at a time): the proof that two tensors are tied weights."""
+        placed = self._placed[name]
+        if placed.keys() != blocks.keys():
+            return False
+        self._file.flush()
+        for part, (_, payload) in blocks.items():
+            where, data = placed[part], memoryview(payload).cast("B")
+            if where["length"] != len(data):
+                return False
+            for start in range(0, len(data), COMPARE_BYTES):
+                piece = data[start:start + COMPARE_BYTES]
+                if os.pread(self._file.fileno(), len(piece), where["offset"] + start) != piece:
+                    return False
+        return True
 
     def add_alias(self, info: TensorInfo, same_as: str, rule: str | None = None) -> None:
         """Record a tensor identical to one already written (tied weights): no data."""

@@ -9,6 +9,8 @@ same bytes on one machine, and may differ in the last place of a chosen scale ac
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -48,48 +50,106 @@ def _least_squares_scale(row, scale, lo, hi):
 
 
 @numba.njit(**FAST)
-def _signed_peak(row):
-    """The entry of largest magnitude, with its sign."""
-    peak = np.float32(0.0)
-    for j in range(row.size):
-        if abs(row[j]) > abs(peak):
-            peak = row[j]
-    return peak
+def _signed_peak(row_bits, one):
+    """The float32 entry of largest magnitude, with its sign (+ on a tie), from the row's
+    bits: integer maxima vectorise where float ones (NaN rules) do not. `one` is a
+    1-element uint32 scratch array, to turn the bits back into a float."""
+    pos = np.uint32(0)
+    neg = np.uint32(0)
+    for j in range(row_bits.size):
+        b = row_bits[j]
+        a = b & np.uint32(0x7FFFFFFF)
+        negative = b != a
+        pos = max(pos, np.uint32(0) if negative else a)
+        neg = max(neg, a if negative else np.uint32(0))
+    one[0] = pos if pos >= neg else neg | np.uint32(0x80000000)
+    return one.view(np.float32)[0]
 
 
 @numba.njit(**FAST)
-def search_scales(groups, lo, hi, ratios, refine):
-    """Per group (a row of `groups`), the scale with the least squared error.
+def _best_scale(row, peak, lo, hi, ratios, refine):
+    """The scale with the least squared error for one group; 0 for an all-zero group.
 
     Candidates are peak/lo·r for r in `ratios`: the peak maps to the extra negative level (as
     llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then up
     to `refine` least-squares updates (HQQ-style alternation), each kept only if it helps.
-    Returns float32 scales; 0 for all-zero groups.
+    `peak` is _signed_peak of the row.
+    """
+    base = peak / lo
+    if base == 0:
+        return base
+    best_err = np.float32(np.inf)
+    best = base
+    for r in ratios:
+        err = _group_error(row, base * r, lo, hi)
+        if err < best_err:
+            best_err = err
+            best = base * r
+    for _ in range(refine):
+        fitted = _least_squares_scale(row, best, lo, hi)
+        err = _group_error(row, fitted, lo, hi) if fitted != 0 else np.float32(np.inf)
+        if not err < best_err:
+            break
+        best_err = err
+        best = fitted
+    return best
+
+
+@numba.njit(**JIT)
+def nearest_float16(s):
+    """float32 s rounded to the nearest float16 value (ties to even; 65504 at most), or to
+    the smallest one of its sign if it would round to 0: a group of tiny weights keeps a
+    usable step. Computed exactly in float64 (numba has no float16 type)."""
+    if s == 0:
+        return np.float32(0.0)
+    _, e = math.frexp(s)  # |s| in [2**(e-1), 2**e): float16 spacing there is 2**(e-11)
+    quantum = 2.0 ** max(e - 11, -24)
+    r = np.rint(np.float64(s) / quantum) * quantum
+    if r == 0:
+        r = math.copysign(2.0 ** -24, s)
+    return np.float32(min(max(r, -65504.0), 65504.0))
+
+
+@numba.njit(**FAST)
+def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales):
+    """The symmetric quantizer in one read of each group: search its scale, round that to
+    float16, write the codes (v taken modulo 2**bits) and measure what dequantize_symmetric
+    will decode, y = v·scale in float32, against the float32 groups.
+
+    Fills `codes` (uint8, groups' shape) and `scales`; returns (Σx², Σ(y−x)², max|y−x|,
+    count of y == 0) in float64.
     """
     lo = np.float32(lo)
     hi = np.float32(hi)
-    out = np.zeros(groups.shape[0], np.float32)
+    mask = (1 << bits) - 1
+    group_bits = groups.view(np.uint32)
+    one = np.zeros(1, np.uint32)
+    gaps = np.zeros(groups.shape[1], np.float64)  # |y−x| of a group, maxed as integers
+    gap_bits = gaps.view(np.uint64)
+    ref = 0.0
+    err = 0.0
+    peak = np.uint64(0)
+    zeros = 0
     for i in range(groups.shape[0]):
         row = groups[i]
-        base = _signed_peak(row) / lo
-        if base == 0:
-            continue
-        best_err = np.float32(np.inf)
-        best = base
-        for r in ratios:
-            err = _group_error(row, base * r, lo, hi)
-            if err < best_err:
-                best_err = err
-                best = base * r
-        for _ in range(refine):
-            fitted = _least_squares_scale(row, best, lo, hi)
-            err = _group_error(row, fitted, lo, hi) if fitted != 0 else np.float32(np.inf)
-            if not err < best_err:
-                break
-            best_err = err
-            best = fitted
-        out[i] = best
-    return out
+        s = nearest_float16(_best_scale(row, _signed_peak(group_bits[i], one), lo, hi,
+                                        ratios, refine))
+        scales[i] = s
+        inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
+        for j in range(row.size):
+            q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
+            codes[i, j] = np.int32(q) & mask
+            y = q * s
+            a = np.float64(row[j])
+            d = np.float64(y) - a
+            ref += a * a
+            err += d * d
+            zeros += y == 0
+            gaps[j] = abs(d)
+        for j in range(gap_bits.size):  # non-negative floats order as their bits do
+            peak = max(peak, gap_bits[j])
+    gap_bits[0] = peak
+    return ref, err, gaps[0], zeros
 
 
 @numba.njit(**FAST)
@@ -97,15 +157,17 @@ def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
     """Per group, the integer q in −qmax…qmax whose scale q·unit[i] has the least error.
 
     The second level of double quantization: `unit` is the group's super-block scale. Tries
-    the integers nearest to each candidate of `search_scales`, then the least-squares fit.
+    the integers nearest to each candidate of `_best_scale`, then the least-squares fit.
     """
     lo = np.float32(lo)
     hi = np.float32(hi)
     out = np.zeros(groups.shape[0], np.int32)
+    group_bits = groups.view(np.uint32)
+    one = np.zeros(1, np.uint32)
     for i in range(groups.shape[0]):
         row = groups[i]
         u = unit[i]
-        base = _signed_peak(row) / lo
+        base = _signed_peak(group_bits[i], one) / lo
         if base == 0 or u == 0:
             continue
         best_err = np.float32(np.inf)
@@ -132,31 +194,51 @@ def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
 
 
 @numba.njit(**FAST)
-def round_to_codes(groups, scales, lo, hi, bits):
-    """uint8 codes: round(x / scale) clipped to lo…hi, stored modulo 2**bits (0 stays 0)."""
+def round_to_codes(groups, scales, lo, hi, bits, out):
+    """Codes into `out` (uint8, groups' shape): round(x / scale) clipped to lo…hi, stored
+    modulo 2**bits (0 stays 0)."""
     lo = np.float32(lo)
     hi = np.float32(hi)
     mask = (1 << bits) - 1
-    out = np.empty(groups.shape, np.uint8)
     for i in range(groups.shape[0]):
         s = scales[i]
         inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
         for j in range(groups.shape[1]):
             q = min(max(np.float32(np.rint(groups[i, j] * inv)), lo), hi)
             out[i, j] = np.int32(q) & mask
-    return out
+
+
+@numba.njit(**JIT)
+def scan_bits(bits, magnitude, infinity):
+    """(count of NaN/±Inf, bits of the largest finite |x|) of a flat float array given as
+    its unsigned-integer view: `magnitude` masks off the sign, and finite values order as
+    their bits, below `infinity`'s. Integer maxima vectorise; a second pass only counts
+    when something is not finite."""
+    top = bits.dtype.type(0)
+    for i in range(bits.size):
+        top = max(top, bits[i] & magnitude)
+    if top < infinity:
+        return 0, top
+    bad = 0
+    top = bits.dtype.type(0)
+    for i in range(bits.size):
+        a = bits[i] & magnitude
+        if a >= infinity:
+            bad += 1
+        elif a > top:
+            top = a
+    return bad, top
 
 
 @numba.njit(**FAST)
-def dequantize_symmetric(codes, scales, bits):
-    """float32 v·scale of (n_groups, group) codes read as b-bit two's complement v."""
+def dequantize_symmetric(codes, scales, bits, out):
+    """float32 v·scale into `out` for (n_groups, group) codes read as b-bit two's
+    complement v."""
     half = np.int32(1 << (bits - 1))
-    out = np.empty(codes.shape, np.float32)
     for i in range(codes.shape[0]):
         s = scales[i]
         for j in range(codes.shape[1]):
             out[i, j] = np.float32((np.int32(codes[i, j]) ^ half) - half) * s
-    return out
 
 
 @numba.njit(**JIT)

@@ -148,16 +148,26 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def count_non_finite(x: np.ndarray) -> int:
-    """NaN and ±Inf entries of a float tensor (0 for others)."""
+def scan(x: np.ndarray) -> tuple[int, float]:
+    """NaN and ±Inf entries of a float tensor, and its largest finite |value| (0, 0.0 for
+    others): one pass, what plan() needs to know before choosing stages."""
     if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
-        return 0
-    return int(x.size - np.count_nonzero(np.isfinite(x)))
+        return 0, 0.0
+    if x.itemsize > 1:  # IEEE layouts (float16/32/64, bfloat16): float8 may lack ±Inf
+        uint = np.dtype(f"u{x.itemsize}")
+        top = np.iinfo(uint).max >> 1
+        infinity = np.array(np.inf, x.dtype).view(uint)
+        bad, peak = kernels.scan_bits(np.ascontiguousarray(x).reshape(-1).view(uint),
+                                      uint.type(top), infinity[()])
+        return int(bad), float(np.array(peak, uint).view(x.dtype))
+    finite = np.isfinite(x)
+    return int(x.size - np.count_nonzero(finite)), float(np.abs(x[finite]).max(initial=0))
 
 
 def plan(info: TensorInfo, x: np.ndarray, options: Options,
-         non_finite: int = 0) -> tuple[list[Stage], str | None]:
+         found: tuple[int, float] | None = None) -> tuple[list[Stage], str | None]:
     """The stages for one tensor, and why it stays lossless when options asked otherwise.
+    `found` is scan(x), when already known.
 
     Unless a recipe rule named the tensor (options.forced), the defaults of the best peers
     apply: small and 1-D tensors stay exact, and embeddings and output heads are not pruned
@@ -176,8 +186,9 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
         return lossless, "1-D"
     if not options.forced and info.size < options.min_elements:
         return lossless, f"< {options.min_elements} elements"
+    non_finite, peak = found if found is not None else scan(x)
     if options.entropy_coded:
-        return _plan_step(x, options, non_finite, lossless)
+        return _plan_step(x, options, non_finite, peak, lossless)
     bits, prune, nm = options.bits, options.prune, options.nm
     if not options.forced and EMBEDDING.search(info.name):
         prune, nm = 0.0, None
@@ -202,7 +213,7 @@ def plan(info: TensorInfo, x: np.ndarray, options: Options,
     if non_finite:
         return lossless, f"{non_finite} NaN/Inf kept exact"
     limit = min(s.max_magnitude() for s in stages)
-    if limit < np.inf and max(-float(x.min()), float(x.max())) >= limit:  # no |x| copy
+    if peak >= limit:
         return lossless, f"|values| ≥ {limit:.6g} kept exact"
     if prune > 0:
         stages.append(SparsePack(part))
@@ -220,7 +231,7 @@ def quantizer(bits: int, options: Options) -> Stage:
     return UniformQuantize(bits, options.group_size, options.symmetric, options.scale_bits)
 
 
-def _plan_step(x: np.ndarray, options: Options, non_finite: int,
+def _plan_step(x: np.ndarray, options: Options, non_finite: int, peak: float,
                lossless: list[Stage]) -> tuple[list[Stage], str | None]:
     """The entropy-constrained chain: a step per tensor, then rANS over the codes."""
     if non_finite:
@@ -230,7 +241,7 @@ def _plan_step(x: np.ndarray, options: Options, non_finite: int,
         step = find_step(x, options.wanted_sqnr_db)
     if step is None:
         return lossless, "all zero" if not np.any(x) else "no step reaches the target"
-    if max(-float(x.min()), float(x.max())) / step >= MAX_STEP_CODE:
+    if peak / step >= MAX_STEP_CODE:
         return lossless, "step too fine for the codes: kept exact"
     quantize = StepQuantize(step)
     return [quantize, RansPack.fit(*quantize.code_range(x))], None
@@ -283,12 +294,38 @@ def _through_dtype(x: np.ndarray, flat: np.ndarray, step: float, wanted: float) 
 
 def encode(x: np.ndarray, stages: list[Stage]) -> dict[str, tuple[Block, bytes]]:
     """Run the stages and entropy-code every part they produce."""
+    return _encode(x, stages)[0]
+
+
+def _encode(x: np.ndarray, stages: list[Stage]) -> tuple[dict[str, tuple[Block, bytes]],
+                                                          tuple | None]:
+    """encode(), and the first stage's own measure of its decode (Stage.encode_measured)."""
     parts = {"values": x}
     bits: dict[str, int] = {}
-    for stage in stages:
-        parts = stage.encode(parts)
+    measured = None
+    for k, stage in enumerate(stages):
+        if k == 0:
+            parts, measured = stage.encode_measured(parts)
+        else:
+            parts = stage.encode(parts)
         bits.update(stage.part_bits())
-    return {name: encode_block(array, bits.get(name)) for name, array in parts.items()}
+    return {name: encode_block(array, bits.get(name)) for name, array in parts.items()}, \
+        measured
+
+
+def encode_measured(info: TensorInfo, x: np.ndarray, stages: list[Stage]) \
+        -> tuple[dict[str, tuple[Block, bytes]], ErrorStats, float]:
+    """Encode x, and measure what a reader will decode: its errors and its fraction of
+    zeros. The stored bytes are decoded back and compared, unless the only lossy stage is
+    the first and measured its own decode as it encoded (the fused quantizer): later
+    lossless stages give its output back exactly, so decoding again would find the same."""
+    blocks, measured = _encode(x, stages)
+    if measured is not None and not any(s.lossy for s in stages[1:]):
+        ref, err, peak, zeros = measured
+        return blocks, ErrorStats(ref, err, peak), zeros / x.size
+    y = decode(blocks, stages, info)
+    errors = measure(x, y, any(s.lossy for s in stages))
+    return blocks, errors, float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0
 
 
 def decode(blocks: dict[str, tuple[Block, bytes]], stages: list[Stage],

@@ -12,8 +12,10 @@ import pytest
 from conftest import model, write_npz
 
 import modelpress_cli as mp
-from modelpress_cli.container import FOOTER, MpzReader
+from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
 from modelpress_cli.errors import FormatError, IntegrityError
+from modelpress_cli.formats.base import TensorInfo
+from modelpress_cli.parallel import MIN_SPLIT_VALUES
 
 DATA = Path(__file__).parent / "data"
 
@@ -125,6 +127,35 @@ def test_the_same_input_gives_the_same_bytes_whatever_the_thread_count(tmp_path,
         mp.compress(src, tmp_path / f"t{threads}.mpz", threads=threads, **options)
         outputs.append((tmp_path / f"t{threads}.mpz").read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 8, "scale_bits": 6},
+                                     {"min_sqnr": 30.0}])
+def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options):
+    """Past parallel.MIN_SPLIT_VALUES one tensor's kernels run on several threads."""
+    assert 2048 * 1024 >= 2 * MIN_SPLIT_VALUES
+    x = np.random.default_rng(4).normal(0, 0.02, (2048, 1024)).astype(np.float32)
+    src = write_npz(tmp_path / "m.npz", {"w": x})
+    one = mp.compress(src, tmp_path / "t1.mpz", threads=1, **options)
+    mp.compress(src, tmp_path / "t2.mpz", threads=2, **options)
+    assert (tmp_path / "t1.mpz").read_bytes() == (tmp_path / "t2.mpz").read_bytes()
+    y = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64)
+    sqnr = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x) ** 2).sum())
+    assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-9)
+
+
+def test_tied_weights_need_the_same_bytes_not_only_the_same_checksum(tmp_path):
+    """holds() is what confirms a twin found by lengths and CRC-32: it reads the bytes."""
+    writer = MpzWriter(tmp_path / "w.mpz", {"format": "npz"})
+    info = TensorInfo("a", (4,), "uint8")
+    block = encode_block(np.arange(4, dtype=np.uint8), None)
+    writer.add(info, [], {"values": block})
+    same = encode_block(np.arange(4, dtype=np.uint8), None)
+    other = encode_block(np.arange(1, 5, dtype=np.uint8), None)
+    assert writer.holds("a", {"values": same})
+    assert not writer.holds("a", {"values": (block[0], bytes(other[1]))})  # other bytes
+    assert not writer.holds("a", {"values": same, "extra": same})
+    writer.close()
 
 
 def test_open_reads_only_the_tensor_asked_for(tmp_path):

@@ -11,6 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from modelpress_cli import kernels
 from modelpress_cli.container import encode_block
 from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import DTYPES, TensorInfo
@@ -101,6 +102,39 @@ def test_searched_scales_beat_the_peak_scale_group_by_group(x, bits, scale_bits,
             group_size * 16) == 0 else np.abs(rows).max()
         assert np.all(np.sqrt(ours).reshape(np.shape(peak) + (-1,) if np.ndim(peak) else -1)
                       <= (np.expand_dims(peak, -1) if np.ndim(peak) else peak) * (1 + 1e-6))
+
+
+@given(x=float_tensors(), bits=st.integers(2, 8), group_size=st.sampled_from([1, 5, 32, 64]),
+       scale=st.sampled_from([1e-9, 1e-3, 1.0, 300.0]))
+def test_the_fused_quantizer_reports_exactly_what_decoding_gives(x, bits, group_size, scale):
+    """The float32 path measures its own decode while encoding; it must be the decode's."""
+    x = (x * np.float32(scale)).astype(np.float32)
+    stage = UniformQuantize(bits, group_size)
+    parts, measured = stage.encode_measured({"values": x})
+    assert parts["scales"].dtype == np.float16 and np.all(np.isfinite(parts["scales"]))
+    y = round_trip(x, [stage]).astype(np.float64)
+    d = y - x.astype(np.float64)
+    ref, err, peak, zeros = measured
+    assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-9, abs=1e-300)
+    assert err == pytest.approx(float((d * d).sum()), rel=1e-9, abs=1e-300)
+    assert peak == float(np.abs(d).max(initial=0)) and zeros == int(np.count_nonzero(y == 0))
+    assert UniformQuantize(bits, group_size).encode_measured(
+        {"values": x.astype(np.float16)})[1] is None  # decode's cast adds error: measured
+
+
+def test_scales_round_to_the_nearest_float16_and_never_to_zero():
+    """The kernel's float16 rounding (numba has no float16) against numpy's, ties included."""
+    rng = np.random.default_rng(1)
+    grid = np.arange(1, 0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float32)
+    ties = (grid[:-1].astype(np.float64) + grid[1:]) / 2  # exact midpoints: ties to even
+    values = np.concatenate([grid, ties.astype(np.float32), np.float32(10) ** rng.uniform(
+        -12, 4.8, 20000).astype(np.float32), np.float32([2 ** -25, 2 ** -26, 1e-30, 65504])])
+    values = np.concatenate([values, -values])
+    got = np.array([kernels.nearest_float16(v) for v in values], np.float32)
+    want = values.astype(np.float16).astype(np.float32)
+    tiny = want == 0
+    want[tiny] = np.copysign(np.float32(2 ** -24), values[tiny])
+    assert np.array_equal(got, want)
 
 
 def test_search_gains_what_llama_cpp_leaves_on_gaussian_weights():

@@ -32,6 +32,12 @@ class Stage(ABC):
     @abstractmethod
     def decode(self, parts: Parts, shape: tuple[int, ...], dtype: np.dtype) -> Parts: ...
 
+    def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
+        """encode(), and, where the stage can compute it on the way, what its decode will
+        give back measured against parts["values"]: (Σx², Σ(y−x)², max|y−x|, number of
+        y == 0), sums in float64. None: the caller decodes the stored bytes and measures."""
+        return self.encode(parts), None
+
     @abstractmethod
     def describe(self) -> str:
         """A few words for reports: 'q4 g64 sym', 'prune 50%'; '' for the plain layout."""

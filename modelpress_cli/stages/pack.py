@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -14,6 +12,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ConfigError, FormatError, IntegrityError
 from ..formats.base import DTYPES
+from ..parallel import in_parts
 from .base import Parts, Stage, register, require
 
 GAP_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
@@ -239,9 +238,9 @@ class RansPack(Stage):
         freqs = normalized_freqs(counts, self.prec)
         cums = (np.cumsum(freqs, dtype=np.uint64) - freqs).astype(np.uint32)
         n_chunks = -(-codes.size // self.chunk)
-        pieces = _in_halves(lambda first, last: kernels.rans_encode(
+        pieces = in_parts(lambda first, last: kernels.rans_encode(
             codes, self.offset, freqs, cums, self.prec, self.chunk, first, last), n_chunks,
-            codes.size)
+            codes.size, align=4)
         out = {k: v for k, v in parts.items() if k != self.part}
         return {**out, "freqs": freqs, "words": np.concatenate([w for w, _ in pieces]),
                 "lengths": np.concatenate([n for _, n in pieces])}
@@ -268,9 +267,9 @@ class RansPack(Stage):
         slot_symbol = np.repeat(np.arange(freqs.size, dtype=table_type), freqs)
         starts = np.concatenate([[0], np.cumsum(lengths)])
         symbols = np.empty(n, np.uint32)
-        ok = _in_halves(lambda first, last: kernels.rans_decode(
+        ok = in_parts(lambda first, last: kernels.rans_decode(  # lockstep: groups of four
             words, starts, freqs, cums, slot_symbol, self.prec, self.chunk, n, first, last,
-            symbols), lengths.size, n)
+            symbols), lengths.size, n, align=4)
         if not all(ok):
             raise IntegrityError("rANS stream is damaged: it does not decode to its length")
         codes = symbols.view(np.int32)
@@ -280,25 +279,3 @@ class RansPack(Stage):
 
     def describe(self) -> str:
         return "rANS"
-
-
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """A helper thread for the second half of a tensor's chunks, made per process: a pool
-    inherited through fork() has no threads behind it and would hang."""
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="modelpress-rans"))
-    return _POOL[1]
-
-
-def _in_halves(work, n_chunks: int, n: int) -> list:
-    """work(first, last) over the chunks, split in two threads when there is enough to do;
-    the results in chunk order. Chunks are independent, so the output is the same."""
-    if n < 1 << 20 or n_chunks < 8:
-        return [work(0, n_chunks)]
-    half = n_chunks // 2 // 4 * 4  # whole groups of four for the lockstep decoder
-    second = _pool().submit(work, half, n_chunks)
-    return [work(0, half), second.result()]

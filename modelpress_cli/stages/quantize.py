@@ -13,6 +13,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ConfigError, FormatError
 from ..formats.base import DTYPES
+from ..parallel import in_parts
 from .base import Parts, Stage, register, require
 
 GRANULARITIES = ("channel", "tensor")
@@ -76,16 +77,6 @@ def sign_extend(codes: np.ndarray, bits: int) -> np.ndarray:
     return v - ((v >> (bits - 1)) & 1) * (1 << bits)
 
 
-def to_float16(scale: np.ndarray) -> np.ndarray:
-    """Nearest float16, except that a scale which would round to 0 rounds away from it
-    (a group of tiny weights keeps a usable step instead of collapsing to zeros)."""
-    s16 = scale.astype(np.float16)
-    lost = (s16 == 0) & (scale != 0)
-    s16[lost] = np.copysign(round_up_float16(np.abs(scale[lost]).astype(np.float64)),
-                            scale[lost]).astype(np.float16)
-    return s16
-
-
 @register
 @dataclass(frozen=True)
 class UniformQuantize(Stage):
@@ -130,32 +121,51 @@ class UniformQuantize(Stage):
             raise ConfigError(f"super group must be 1 to 65536 groups, got {self.super_group!r}")
 
     def encode(self, parts: Parts) -> Parts:
+        return self.encode_measured(parts)[0]
+
+    def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
+        """The errors come with the codes when the tensor is float32 and the scales float16:
+        the fused kernel decodes each group as it writes it (bit-for-bit decode's values)."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
         g = grouped(x.reshape(rows, cols).astype(np.float32, copy=False), group)
         if not self.symmetric:
-            return self._encode_affine(g, x.shape, rows, cols)
+            return self._encode_affine(g, x.shape, rows, cols), None
         flat = g.reshape(-1, group)
         lo, hi = -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
         ratios = search_ratios(self.bits)
+        codes = np.empty(flat.shape, np.uint8)
         out: Parts = {}
+        errors = None
+
+        def split(work) -> list:  # groups are independent: any split gives the same bytes
+            return in_parts(lambda a, b: work(slice(a, b)), flat.shape[0], flat.size)
+
         if self.scale_bits is None:
-            scale = to_float16(kernels.search_scales(flat, lo, hi, ratios,
-                                                     search_refits(self.bits)))
-            out["scales"] = scale.reshape(rows, -1)
-            effective = scale.astype(np.float32)
+            scale = np.empty(flat.shape[0], np.float32)
+            sums = split(lambda k: kernels.quantize_groups(
+                flat[k], lo, hi, ratios, search_refits(self.bits), self.bits, codes[k],
+                scale[k]))
+            out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
+            if x.dtype == np.float32:
+                padding = rows * (flat.size // rows - cols)  # zeros that decode crops
+                errors = (sum(s[0] for s in sums), sum(s[1] for s in sums),
+                          max(s[2] for s in sums), sum(s[3] for s in sums) - padding)
         else:
             qmax = (1 << (self.scale_bits - 1)) - 1
             peak = np.abs(flat).max(axis=1).astype(np.float64) / -lo
             unit = round_up_float16(self._per_super(peak).max(axis=1) / qmax)
             unit_each = np.repeat(unit.astype(np.float32), self.super_group)[:flat.shape[0]]
-            q = kernels.search_scale_codes(flat, lo, hi, unit_each, qmax, ratios)
+            q = np.concatenate(split(lambda k: kernels.search_scale_codes(
+                flat[k], lo, hi, unit_each[k], qmax, ratios)))
             out["scales"] = unit
             out["scale_codes"] = (q & ((1 << self.scale_bits) - 1)).astype(np.uint8).reshape(
                 rows, -1)
             effective = q * unit_each
-        codes = kernels.round_to_codes(flat, effective, lo, hi, self.bits)
-        return {"codes": codes.reshape(rows, -1)[:, :cols].reshape(x.shape), **out}
+            split(lambda k: kernels.round_to_codes(flat[k], effective[k], lo, hi, self.bits,
+                                                   codes[k]))
+        codes = codes.reshape(rows, -1)[:, :cols].reshape(x.shape)
+        return {"codes": codes, **out}, errors
 
     def _per_super(self, per_group: np.ndarray) -> np.ndarray:
         """(n_groups,) → (n_super, super_group), zero-padded."""
@@ -205,7 +215,10 @@ class UniformQuantize(Stage):
         codes = grouped(parts["codes"].reshape(rows, cols), group).reshape(-1, group)
         scales = scales.astype(np.float32, copy=False)
         if self.symmetric:
-            x = kernels.dequantize_symmetric(codes, scales, self.bits)
+            x = np.empty(codes.shape, np.float32)
+            in_parts(lambda a, b: kernels.dequantize_symmetric(codes[a:b], scales[a:b],
+                                                               self.bits, x[a:b]),
+                     codes.shape[0], codes.size)
         else:
             zeros = parts["zeros"].reshape(-1).astype(np.int32)
             x = kernels.dequantize_affine(codes, scales, zeros, self.bits)
