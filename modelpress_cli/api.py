@@ -156,7 +156,7 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
     curves, fixed_bytes, n_params = [], 32 + 16, 0
     for info in reader.infos():
         tensor_opts = _tensor_options(info, opts, recipe)
-        x = reader.read(info.name)
+        x = reader.view(info.name)
         n_params += info.size
         fixed_bytes += INDEX_BYTES_PER_TENSOR
         found = scan(x)
@@ -173,6 +173,8 @@ def _compress_to_budget(reader: TensorReader, src: Path, input_bytes: int, tmp: 
                 .values())
         else:
             curves.append(curve)
+        del x
+        reader.release(info.name)
     target_bits = opts.target_bpw * n_params
     budget = target_bits - 8 * fixed_bytes
     rows = None
@@ -230,6 +232,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
         except ModelpressError as e:
             e.at(path=src, tensor=info.name)
             raise
+        reader.release(info.name)
         if progress:
             done += info.n_bytes
             progress(info.name, done, total)
@@ -241,7 +244,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
                     i.n_bytes for i, _, _ in pending) + info.n_bytes > IN_FLIGHT_BYTES):
                 write_oldest()
             tensor_opts = _tensor_options(info, opts, recipe, steps)
-            x = reader.read(info.name)
+            x = reader.view(info.name)
             pending.append((info, tensor_opts, pool.submit(
                 contextvars.copy_context().run, _encode_tensor, info, x, tensor_opts)))
         while pending:

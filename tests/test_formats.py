@@ -117,6 +117,29 @@ def test_bfloat16_round_trips_exactly_and_is_widened_with_a_warning(tmp_path):
     assert widened.dtype == np.float32 and np.array_equal(widened, x.astype(np.float32))
 
 
+def test_safetensors_views_are_the_read_tensors_before_and_after_release(tmp_path):
+    """compress maps .safetensors input (view) and drops each tensor's pages (release)."""
+    tensors = {"a": np.arange(6, dtype=np.uint8).reshape(2, 3),  # leaves "b" unaligned
+               "b": np.linspace(-1, 1, 5000, dtype=np.float32).reshape(50, 100),
+               "c": np.ones((0, 4), np.float32)}
+    header, offset = {}, 0
+    for name, x in tensors.items():
+        header[name] = {"dtype": {"uint8": "U8", "float32": "F32"}[x.dtype.name],
+                        "shape": list(x.shape), "data_offsets": [offset, offset + x.nbytes]}
+        offset += x.nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + b"".join(
+        x.tobytes() for x in tensors.values()))
+    with open_reader(tmp_path / "m.safetensors") as reader:
+        for name, want in tensors.items():
+            view = reader.view(name)
+            assert view.dtype == want.dtype and np.array_equal(view, want)
+            reader.release(name)
+            assert np.array_equal(view, want), "a released view must still read right"
+            assert np.array_equal(reader.read(name), want)
+
+
 def test_our_safetensors_output_reads_with_the_safetensors_package(tiny_npz, tmp_path):
     from safetensors.numpy import load_file
     mp.compress(tiny_npz, tmp_path / "m.mpz", bits=8)

@@ -130,7 +130,16 @@ class TensorReader(Protocol):
 
 
 class ClosingReader:
-    """Mixin: readers close their file (their own `close`) at the end of a `with` block."""
+    """Mixin: readers close their file (their own `close`) at the end of a `with` block,
+    and read without copying where their format allows."""
+
+    def view(self, name: str) -> np.ndarray:
+        """read(), read-only and without a copy where the format allows (a memory map): for
+        a caller that drops the array before release(name). Here, a plain read()."""
+        return self.read(name)
+
+    def release(self, name: str) -> None:
+        """Done with view(name): let its pages go from this process's resident memory."""
 
     def __enter__(self):
         return self

@@ -9,6 +9,7 @@ section exactly. Tests check compatibility with the `safetensors` package in bot
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -36,7 +37,8 @@ ST_CODES = {v: k for k, v in ST_NAMES.items()}
 
 
 class SafetensorsReader(ClosingReader):
-    """Reads the header once; each `read` seeks to one tensor's bytes."""
+    """Reads the header once; each `read` seeks to one tensor's bytes and copies them, each
+    `view` maps them (no copy: compress reads a model from the page cache this way)."""
 
     format = "safetensors"
 
@@ -50,6 +52,7 @@ class SafetensorsReader(ClosingReader):
             raise
         self.metadata = {"__metadata__": st_metadata} if st_metadata else {}
         self._by_name = {i.name: i for i in self._infos}
+        self._map: mmap.mmap | None = None
 
     def _parse_header(self):
         size = os.fstat(self._file.fileno()).st_size
@@ -115,8 +118,29 @@ class SafetensorsReader(ClosingReader):
                               tensor=name)
         return checked(out, info, path=self.path)
 
+    def view(self, name: str) -> np.ndarray:
+        info, start = self._by_name[name], self._ranges[name]
+        dtype = DTYPES[info.dtype]
+        if info.n_bytes == 0 or start % dtype.itemsize:  # kernels want aligned data
+            return self.read(name)
+        if self._map is None:
+            try:
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            except OSError:  # a file that cannot be mapped (a pipe, an odd file system)
+                return self.read(name)
+        return np.frombuffer(self._map, dtype, info.size, start).reshape(info.shape)
+
+    def release(self, name: str) -> None:
+        """Unmap a viewed tensor's pages: they stay in the page cache (and fault back in if
+        a view is still used), but walking a whole model no longer keeps it all resident."""
+        info, start = self._by_name[name], self._ranges[name]
+        first = start - start % mmap.PAGESIZE
+        if self._map is not None and info.n_bytes and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, first, start + info.n_bytes - first)
+
     def close(self) -> None:
         self._file.close()
+        self._map = None  # unmapped when the last view of it goes, not under a live one
 
 
 def write_safetensors(path: str | os.PathLike, reader: TensorReader,

@@ -93,6 +93,12 @@ class ShardedReader(ClosingReader):
     def read(self, name: str) -> np.ndarray:
         return self._shards[self._where[name][0]].read(name)
 
+    def view(self, name: str) -> np.ndarray:
+        return self._shards[self._where[name][0]].view(name)
+
+    def release(self, name: str) -> None:
+        self._shards[self._where[name][0]].release(name)
+
     def close(self) -> None:
         for reader in self._shards.values():
             reader.close()
