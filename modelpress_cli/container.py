@@ -71,7 +71,7 @@ def encode_block(array: np.ndarray, bits: int | None) -> tuple[Block, bytes | me
         bits = 1
     raw = pack_bits(array, bits) if bits and bits < 8 else np.ascontiguousarray(array).view(
         np.uint8).reshape(-1)
-    codec, payload = compress(memoryview(raw))
+    codec, payload = compress(memoryview(raw), codes=bits is not None and bits > 1)
     block = Block(_dtype_key(array.dtype), tuple(array.shape), bits if bits and bits < 8 else None,
                   codec, 0, len(payload), zlib.crc32(payload))
     return block, payload

