@@ -67,7 +67,9 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
 
     Returns
     -------
-    Report : per-tensor sizes and errors, measured by decoding the stored bytes back.
+    Report : per-tensor sizes and errors of what a reader will decode: the stored bytes
+        decoded back, or, for the float32 path of --bits, computed by the quantizing kernel
+        with the decoder's arithmetic as it writes the codes.
     """
     src, dst = Path(src), Path(dst)
     if recipe is not None and not isinstance(recipe, Recipe):

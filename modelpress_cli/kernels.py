@@ -81,6 +81,8 @@ def _best_scale(row, peak, lo, hi, ratios, refine):
     best_err = np.float32(np.inf)
     best = base
     for r in ratios:
+        if base * r == 0:  # underflow (weights near 1e-45): no usable step there
+            continue
         err = _group_error(row, base * r, lo, hi)
         if err < best_err:
             best_err = err

@@ -15,7 +15,7 @@ import modelpress_cli as mp
 from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
 from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import TensorInfo
-from modelpress_cli.parallel import MIN_SPLIT_VALUES
+from modelpress_cli.parallel import RANGE_VALUES
 
 DATA = Path(__file__).parent / "data"
 
@@ -132,13 +132,15 @@ def test_the_same_input_gives_the_same_bytes_whatever_the_thread_count(tmp_path,
 @pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 8, "scale_bits": 6},
                                      {"min_sqnr": 30.0}])
 def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options):
-    """Past parallel.MIN_SPLIT_VALUES one tensor's kernels run on several threads."""
-    assert 2048 * 1024 >= 2 * MIN_SPLIT_VALUES
+    """Past parallel.RANGE_VALUES one tensor's kernels run on several threads; the report's
+    error sums, combined over ranges, are the same too."""
+    assert 2048 * 1024 >= 2 * RANGE_VALUES
     x = np.random.default_rng(4).normal(0, 0.02, (2048, 1024)).astype(np.float32)
     src = write_npz(tmp_path / "m.npz", {"w": x})
     one = mp.compress(src, tmp_path / "t1.mpz", threads=1, **options)
-    mp.compress(src, tmp_path / "t2.mpz", threads=2, **options)
+    two = mp.compress(src, tmp_path / "t2.mpz", threads=2, **options)
     assert (tmp_path / "t1.mpz").read_bytes() == (tmp_path / "t2.mpz").read_bytes()
+    assert one.rows[0].errors == two.rows[0].errors
     y = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64)
     sqnr = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x) ** 2).sum())
     assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-9)

@@ -146,6 +146,9 @@ CASES = {
                       "appears twice"),
     "npz not npy": (npz_with({"w.txt": b"hi"}), "is not a .npy array"),
     "npz string array": (npz_with({"s.npy": npy(np.array(["a", "b"]))}), "unsupported dtype"),
+    "npz huge npy header": (npz_with({"w.npy": b"\x93NUMPY\x01\x00" + struct.pack(
+        "<H", 65000) + b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }".ljust(
+        64999) + b"\n"}), "bad .npy header: Header info length"),
     # HDF5 structures
     "h5 external link": (h5_with(lambda f, o: f.__setitem__(
         "ext", h5py.ExternalLink(str(o), "/model_weights"))), "external link"),

@@ -76,7 +76,8 @@ class NpzReader(ClosingReader):
                 shape, _, dtype = read_header(f)
                 header_bytes = f.tell()
         except ZIP_DAMAGE as e:
-            raise FormatError(f"bad .npy header: {e}", path=self.path, tensor=name) from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__  # numpy's run on
+            raise FormatError(f"bad .npy header: {first}", path=self.path, tensor=name) from None
         if dtype.hasobject:
             raise FormatError("holds Python objects (pickle); modelpress never unpickles",
                               path=self.path, tensor=name)

@@ -123,6 +123,9 @@ class SafetensorsReader(ClosingReader):
         dtype = DTYPES[info.dtype]
         if info.n_bytes == 0 or start % dtype.itemsize:  # kernels want aligned data
             return self.read(name)
+        if os.fstat(self._file.fileno()).st_size < start + info.n_bytes:  # shrunk since open
+            raise FormatError("file ended inside this tensor's data (was it changed while "
+                              "being read?)", path=self.path, tensor=name)
         if self._map is None:
             try:
                 self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
