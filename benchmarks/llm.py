@@ -15,7 +15,8 @@ for every size of a dtype. It is generated once, a tensor at a time, into --work
 Each modelpress figure is the median of --repeat runs, each in a fresh process (peak RSS is
 that run's own VmHWM, the highest of the runs). MB/s is of the input file (compress) or of the
 tensors written (decompress) or decoded in memory (decode, through mp.open, nothing written);
-compress runs on every core, decompress and decode on one (rANS streams on two). Baselines in the
+compress runs on every core; decompress and decode go a tensor at a time, each big tensor's
+kernels split over every core (parallel.py). Baselines in the
 same run: gguf's numpy Q8_0 and Q4_0 (quantize/dequantize calls alone over the 2-D tensors,
 float32 input, one thread) and zstd level 3 alone, streaming over the file's bytes (one thread).
 Everything reads the model from the page cache (it was just written or read). Prints a table,
@@ -306,7 +307,8 @@ def print_table(result: dict) -> None:
     print(f"{'zstd -3 alone':22} {z['ratio']:>6} {z['bits_per_weight']:>7} "
           f"{z['compress_mb_s']:>10} {'':>12}")
     print(f"modelpress: whole compress() call (read, encode on {m['cpu_count']} threads, "
-          "round-trip check, write) and decompress() (one thread: decode, write, fsync); "
+          "error measured, write, fsync) and decompress() (decode with big tensors split over "
+          "the cores, write, fsync); "
           "decode = every tensor of mp.open() decoded into memory, "
           "nothing written; MB/s of the file read or the float32 tensors produced. Embeddings "
           "and lm_head get at least 8 bits (--embed-bits).")
