@@ -18,7 +18,8 @@ tensors written (decompress) or decoded in memory (decode, through mp.open, noth
 compress runs on every core; decompress and decode go a tensor at a time, each big tensor's
 kernels split over every core (parallel.py). Baselines in the
 same run: gguf's numpy Q8_0 and Q4_0 (quantize/dequantize calls alone over the 2-D tensors,
-float32 input, one thread) and zstd level 3 alone, streaming over the file's bytes (one thread).
+float32 input, one thread), zstd level 3 alone, streaming over the file's bytes (one thread),
+and the model file copied to a new file with fsync (the disk's own ceiling for decompress).
 Everything reads the model from the page cache (it was just written or read). Prints a table,
 checks peak RSS <= 400 MB + 4 x the largest tensor's bytes, and writes JSON (--json).
 """
@@ -272,6 +273,23 @@ def measure_zstd(src: Path, params: int, repeat: int) -> dict:
             "compress_mb_s": round(src.stat().st_size / MB / statistics.median(times), 1)}
 
 
+def measure_disk_write(src: Path, workdir: Path, repeat: int) -> dict:
+    """The ceiling for decompress to a file: the model's own bytes copied to a new file in
+    --workdir (16 MiB writes from the page cache, then fsync), one thread, in this process."""
+    print("disk write...", file=sys.stderr)
+    times, dst = [], workdir / "copy.bin"
+    for _ in range(repeat):
+        with open(src, "rb") as f, open(dst, "wb") as out:
+            start = time.perf_counter()
+            while chunk := f.read(16 << 20):
+                out.write(chunk)
+            os.fsync(out.fileno())
+            times.append(time.perf_counter() - start)
+        dst.unlink()
+    return {"setting": "copy + fsync",
+            "write_mb_s": round(src.stat().st_size / MB / statistics.median(times), 1)}
+
+
 def machine_facts() -> dict:
     from importlib.metadata import version
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -306,6 +324,8 @@ def print_table(result: dict) -> None:
     z = result["baselines"]["zstd3"]
     print(f"{'zstd -3 alone':22} {z['ratio']:>6} {z['bits_per_weight']:>7} "
           f"{z['compress_mb_s']:>10} {'':>12}")
+    print(f"{'copy file + fsync':22} {'':>6} {'':>7} {'':>10} "
+          f"{result['baselines']['disk_write']['write_mb_s']:>12}")
     print(f"modelpress: whole compress() call (read, encode on {m['cpu_count']} threads, "
           "error measured, write, fsync) and decompress() (decode with big tensors split over "
           "the cores, write, fsync); "
@@ -314,7 +334,8 @@ def print_table(result: dict) -> None:
           "and lm_head get at least 8 bits (--embed-bits).")
     print("gguf: the quantize()/dequantize() calls alone, single-threaded numpy, over the 2-D "
           "tensors as float32 (MB/s of float32); norms kept as stored. zstd: one thread, "
-          "streaming.")
+          "streaming. copy file + fsync: the model's bytes written to a new file, the "
+          "ceiling for decompress to a file.")
     print(f"memory bound: peak RSS <= 400 MB + 4 x {model['largest_tensor_bytes'] / MB:.0f} MB "
           f"= {bound['bound_bytes'] / MB:.0f} MB: "
           f"{'holds' if bound['holds'] else 'DOES NOT HOLD'} (highest: "
@@ -376,10 +397,11 @@ def main() -> None:
     bound = BOUND_BASE + BOUND_PER_LARGEST * largest.n_bytes
     try:
         zstd = measure_zstd(src, params, opts.repeat)
+        disk = measure_disk_write(src, opts.workdir, opts.repeat)
         rows = measure_modelpress(src, opts.workdir, opts.repeat, bound)
         gguf_rows = measure_gguf(src, file_bytes, params, opts.repeat)
     finally:  # the outputs are as big as the model; only the model is worth keeping
-        for p in [opts.workdir / "back.safetensors",
+        for p in [opts.workdir / "back.safetensors", opts.workdir / "copy.bin",
                   *(opts.workdir / f"out{k}.mpz" for k in range(len(SETTINGS)))]:
             p.unlink(missing_ok=True)
     highest = max(max(r["compress_peak_rss_mb"], r["decompress_peak_rss_mb"]) for r in rows)
@@ -395,7 +417,7 @@ def main() -> None:
                                "bound_bytes": int(bound), "highest_peak_rss_mb": highest,
                                "holds": all(r["within_bound"] for r in rows)},
               "rows": rows,
-              "baselines": {"zstd3": zstd, "gguf": gguf_rows,
+              "baselines": {"zstd3": zstd, "gguf": gguf_rows, "disk_write": disk,
                             "note": "gguf: numpy quantizers, single-threaded, quantize and "
                                     "dequantize calls only, float32 input"}}
     print_table(result)
