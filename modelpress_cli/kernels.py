@@ -71,9 +71,11 @@ def _best_scale(row, peak, lo, hi, ratios, refine):
     """The scale with the least squared error for one group; 0 for an all-zero group.
 
     Candidates are peak/lo·r for r in `ratios`: the peak maps to the extra negative level (as
-    llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then up
-    to `refine` least-squares updates (HQQ-style alternation), each kept only if it helps.
-    `peak` is _signed_peak of the row.
+    llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then
+    `refine` least-squares updates (HQQ-style alternation). An update never adds error, so
+    none is measured: the old codes fit the new scale at least as well as the old scale
+    (least squares), and rounding afresh picks each weight's nearest level, which fits no
+    worse than its old code. `peak` is _signed_peak of the row.
     """
     base = peak / lo
     if base == 0:
@@ -87,12 +89,10 @@ def _best_scale(row, peak, lo, hi, ratios, refine):
         if err < best_err:
             best_err = err
             best = base * r
-    for _ in range(refine):
+    for _ in range(refine):  # no error check needed: see the docstring
         fitted = _least_squares_scale(row, best, lo, hi)
-        err = _group_error(row, fitted, lo, hi) if fitted != 0 else np.float32(np.inf)
-        if not err < best_err:
+        if fitted == 0:
             break
-        best_err = err
         best = fitted
     return best
 
