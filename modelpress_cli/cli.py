@@ -143,8 +143,8 @@ def cli() -> None:
                                                allow_dash=True), metavar="PATH|-",
               help="Write the report as JSON to PATH, or to stdout with '-'.")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="Encoding threads [default: every core]; the output is the same bytes "
-                   "for any count.")
+              help="Threads to encode on, big tensors split across them [default: every "
+                   "core]; the output and the report are the same for any count.")
 @click.option("--all", "all_rows", is_flag=True, help="List every tensor in the table.")
 @click.option("--force", is_flag=True, help="Overwrite DST (and the JSON report) if they exist.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
