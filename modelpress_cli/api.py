@@ -68,8 +68,8 @@ def compress(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fa
     Returns
     -------
     Report : per-tensor sizes and errors of what a reader will decode: the stored bytes
-        decoded back, or, for the float32 path of --bits, computed by the quantizing kernel
-        with the decoder's arithmetic as it writes the codes.
+        decoded back, or, for 32- and 16-bit floats under --bits, computed by the
+        quantizing kernel with the decoder's arithmetic as it writes the codes.
     """
     src, dst = Path(src), Path(dst)
     if recipe is not None and not isinstance(recipe, Recipe):

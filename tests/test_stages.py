@@ -105,21 +105,36 @@ def test_searched_scales_beat_the_peak_scale_group_by_group(x, bits, scale_bits,
 
 
 @given(x=float_tensors(), bits=st.integers(2, 8), group_size=st.sampled_from([1, 5, 32, 64]),
-       scale=st.sampled_from([1e-9, 1e-3, 1.0, 300.0]))
-def test_the_fused_quantizer_reports_exactly_what_decoding_gives(x, bits, group_size, scale):
-    """The float32 path measures its own decode while encoding; it must be the decode's."""
-    x = (x * np.float32(scale)).astype(np.float32)
+       scale=st.sampled_from([1e-9, 1e-3, 1.0, 300.0]),
+       dtype=st.sampled_from(["float32", "bfloat16", "float16"]))
+def test_the_fused_quantizer_reports_exactly_what_decoding_gives(x, bits, group_size, scale,
+                                                                 dtype):
+    """The fused path measures its own decode while encoding, down to the decoder's final
+    cast to a 16-bit dtype; it must be the decode's."""
+    x = (x * np.float32(scale)).astype(DTYPES[dtype])
     stage = UniformQuantize(bits, group_size)
     parts, measured = stage.encode_measured({"values": x})
     assert parts["scales"].dtype == np.float16 and np.all(np.isfinite(parts["scales"]))
-    y = round_trip(x, [stage]).astype(np.float64)
+    y = round_trip(x, [stage])
+    assert y.dtype == x.dtype
+    y = y.astype(np.float64)
     d = y - x.astype(np.float64)
     ref, err, peak, zeros = measured
     assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-9, abs=1e-300)
     assert err == pytest.approx(float((d * d).sum()), rel=1e-9, abs=1e-300)
     assert peak == float(np.abs(d).max(initial=0)) and zeros == int(np.count_nonzero(y == 0))
     assert UniformQuantize(bits, group_size).encode_measured(
-        {"values": x.astype(np.float16)})[1] is None  # decode's cast adds error: measured
+        {"values": x.astype(np.float64)})[1] is None  # float64: decoded back and measured
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_weights_widen_exactly_for_the_kernels(dtype):
+    """Every bit pattern: kernels.native must agree with the dtype's own cast."""
+    x = np.arange(1 << 16, dtype=np.uint16).view(DTYPES[dtype])
+    got, want = kernels.native(x), x.astype(np.float32)
+    assert np.array_equal(got.view(np.uint32)[~np.isnan(want)],
+                          want.view(np.uint32)[~np.isnan(want)])
+    assert np.isnan(got[np.isnan(want)]).all()
 
 
 def test_scales_round_to_the_nearest_float16_and_never_to_zero():

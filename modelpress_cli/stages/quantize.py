@@ -127,11 +127,12 @@ class UniformQuantize(Stage):
         return self.encode_measured(parts)[0]
 
     def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
-        """The errors come with the codes when the tensor is float32 and the scales float16:
-        the fused kernel decodes each group as it writes it (bit-for-bit decode's values)."""
+        """The errors come with the codes when the tensor is float32, bfloat16 or float16 and
+        the scales float16: the fused kernel decodes each group as it writes it, down to the
+        decoder's final cast (bit-for-bit decode's values)."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
-        g = grouped(x.reshape(rows, cols).astype(np.float32, copy=False), group)
+        g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False), group)
         if not self.symmetric:
             return self._encode_affine(g, x.shape, rows, cols), None
         flat = g.reshape(-1, group)
@@ -146,11 +147,12 @@ class UniformQuantize(Stage):
 
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
+            round_to = kernels.ROUND_TO.get(x.dtype.name, 0)
             sums = split(lambda k: kernels.quantize_groups(
                 flat[k], lo, hi, ratios, search_refits(self.bits), self.bits, codes[k],
-                scale[k]))
+                scale[k], round_to))
             out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
-            if x.dtype == np.float32:
+            if x.dtype.name in kernels.ROUND_TO:
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
                 errors = (sum(s[0] for s in sums), sum(s[1] for s in sums),
                           max(s[2] for s in sums), sum(s[3] for s in sums) - padding)
