@@ -147,12 +147,17 @@ class UniformQuantize(Stage):
 
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
-            round_to = kernels.ROUND_TO.get(x.dtype.name, 0)
-            sums = split(lambda k: kernels.quantize_groups(
-                flat[k], lo, hi, ratios, search_refits(self.bits), self.bits, codes[k],
-                scale[k], round_to))
+            round_to = kernels.ROUND_TO.get(x.dtype.name)
+
+            def work(k: slice) -> tuple:
+                sums = kernels.quantize_groups(flat[k], lo, hi, ratios, search_refits(
+                    self.bits), self.bits, codes[k], scale[k])
+                return sums if round_to is None else kernels.rounded_errors(
+                    flat[k], codes[k], scale[k], self.bits, round_to)
+
+            sums = split(work)
             out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
-            if x.dtype.name in kernels.ROUND_TO:
+            if x.dtype == np.float32 or round_to is not None:
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
                 errors = (sum(s[0] for s in sums), sum(s[1] for s in sums),
                           max(s[2] for s in sums), sum(s[3] for s in sums) - padding)
