@@ -24,7 +24,7 @@ def native(x: np.ndarray) -> np.ndarray:
     their bits in one compiled pass (numpy's float16 cast is several times slower)."""
     if x.dtype in (np.float32, np.float64):
         return x
-    if x.dtype.name not in ("float16", "bfloat16"):
+    if x.dtype.name not in ("float16", "bfloat16") or not x.dtype.isnative:
         return x.astype(np.float32)
     out = np.empty(x.shape, np.float32)
     widen_half(np.ascontiguousarray(x).reshape(-1).view(np.uint16), out.reshape(-1),
@@ -101,10 +101,11 @@ def _best_scale(row, peak, lo, hi, ratios, refine):
 
     Candidates are peak/lo·r for r in `ratios`: the peak maps to the extra negative level (as
     llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then
-    `refine` least-squares updates (HQQ-style alternation). An update never adds error, so
-    none is measured: the old codes fit the new scale at least as well as the old scale
-    (least squares), and rounding afresh picks each weight's nearest level, which fits no
-    worse than its old code. `peak` is _signed_peak of the row.
+    `refine` least-squares updates (HQQ-style alternation). An update never adds error at
+    the float32 scale, so none is measured: the old codes fit the new scale at least as well
+    as the old scale (least squares), and rounding afresh picks each weight's nearest level.
+    (The float16 rounding of the scale that follows can still cost a group a little, as it
+    could when each update was checked in float32.) `peak` is _signed_peak of the row.
     """
     base = peak / lo
     if base == 0:
@@ -172,10 +173,11 @@ def _round_decoded(values, bits, round_to):
 
 
 @numba.njit(**FAST)
-def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales):
+def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_limit):
     """The symmetric quantizer in one read of each group: search its scale, round that to
-    float16, write the codes (v taken modulo 2**bits) and measure what dequantize_symmetric
-    will decode, y = v·scale in float32, against the float32 groups.
+    float16 (no larger than `scale_limit`, a float16 value), write the codes (v taken modulo
+    2**bits) and measure what dequantize_symmetric will decode, y = v·scale in float32,
+    against the float32 groups.
 
     Fills `codes` (uint8, groups' shape) and `scales`; returns (Σx², Σ(y−x)², max|y−x|,
     count of y == 0) in float64.
@@ -195,6 +197,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales):
         row = groups[i]
         s = nearest_float16(_best_scale(row, _signed_peak(group_bits[i], one), lo, hi,
                                         ratios, refine))
+        s = min(max(s, -scale_limit), scale_limit)
         scales[i] = s
         inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
         for j in range(row.size):

@@ -127,6 +127,22 @@ def test_the_fused_quantizer_reports_exactly_what_decoding_gives(x, bits, group_
         {"values": x.astype(np.float64)})[1] is None  # float64: decoded back and measured
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_float16_weights_at_the_top_of_their_range_never_decode_to_inf(bits):
+    """A scale whose codes reach past 65504 would turn finite float16 weights into ±inf at
+    the decoder's final cast: the scale is capped instead."""
+    rng = np.random.default_rng(bits)
+    x = np.clip(rng.normal(0, 20000, (128, 64)), -65504, 65504).astype(np.float16)
+    x[:, 0] = np.float16(65504)
+    stage = UniformQuantize(bits, 64)
+    parts, (_, err, _, _) = stage.encode_measured({"values": x})
+    y = stage.decode(parts, x.shape, np.float16)["values"]
+    assert np.isfinite(y).all()
+    d = y.astype(np.float64) - x
+    assert err == pytest.approx(float((d * d).sum()), rel=1e-9)
+    assert np.sqrt((d * d).sum() / (x.astype(np.float64) ** 2).sum()) < 2.0 ** -bits * 4
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_16_bit_weights_widen_exactly_for_the_kernels(dtype):
     """Every bit pattern: kernels.native must agree with the dtype's own cast."""
@@ -135,6 +151,9 @@ def test_16_bit_weights_widen_exactly_for_the_kernels(dtype):
     assert np.array_equal(got.view(np.uint32)[~np.isnan(want)],
                           want.view(np.uint32)[~np.isnan(want)])
     assert np.isnan(got[np.isnan(want)]).all()
+    if dtype == "float16":  # other byte orders are widened by numpy
+        swapped = np.float16([1.5, -2.0, 65504]).astype(">f2")
+        assert kernels.native(swapped).tolist() == [1.5, -2.0, 65504.0]
 
 
 def test_scales_round_to_the_nearest_float16_and_never_to_zero():

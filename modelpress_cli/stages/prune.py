@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError
 from .base import Parts, Stage, register
 
@@ -31,7 +32,7 @@ class MagnitudePrune(Stage):
         flat = parts["values"].reshape(-1).copy()
         k = round(self.sparsity * flat.size)
         if k:  # argpartition is O(n): no full sort needed to find the k smallest
-            flat[np.argpartition(np.abs(flat), k - 1)[:k]] = 0
+            flat[np.argpartition(np.abs(kernels.native(flat)), k - 1)[:k]] = 0
         return {**parts, "values": flat.reshape(parts["values"].shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
@@ -62,7 +63,8 @@ class StructuredPrune(Stage):
     def encode(self, parts: Parts) -> Parts:
         x = parts["values"]
         runs = x.reshape(-1, self.m).copy()
-        drop = np.argpartition(np.abs(runs), self.m - self.n - 1, axis=1)[:, :self.m - self.n]
+        drop = np.argpartition(np.abs(kernels.native(runs)), self.m - self.n - 1,
+                               axis=1)[:, :self.m - self.n]
         np.put_along_axis(runs, drop, 0, axis=1)
         return {**parts, "values": runs.reshape(x.shape)}
 

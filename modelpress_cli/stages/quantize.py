@@ -74,6 +74,18 @@ def search_refits(bits: int) -> int:
     return 2 if bits < 7 else 1
 
 
+def largest_scale(dtype: np.dtype, lo: int) -> float:
+    """The largest float16 scale whose codes all decode inside `dtype`'s range: for float16
+    tensors, lo·scale must not pass 65504, or the decoder's cast would make a finite weight
+    infinite; no limit for wider types."""
+    if np.dtype(dtype) != np.float16:
+        return math.inf
+    scale = np.float16(FLOAT16_MAX / -lo)
+    while float(scale) * -lo > FLOAT16_MAX:
+        scale = np.nextafter(scale, np.float16(0))
+    return float(scale)
+
+
 def sign_extend(codes: np.ndarray, bits: int) -> np.ndarray:
     """b-bit two's-complement codes (stored modulo 2**b) as signed int32."""
     v = codes.astype(np.int32)
@@ -149,9 +161,11 @@ class UniformQuantize(Stage):
             scale = np.empty(flat.shape[0], np.float32)
             round_to = kernels.ROUND_TO.get(x.dtype.name)
 
+            limit = largest_scale(x.dtype, lo)
+
             def work(k: slice) -> tuple:
                 sums = kernels.quantize_groups(flat[k], lo, hi, ratios, search_refits(
-                    self.bits), self.bits, codes[k], scale[k])
+                    self.bits), self.bits, codes[k], scale[k], limit)
                 return sums if round_to is None else kernels.rounded_errors(
                     flat[k], codes[k], scale[k], self.bits, round_to)
 
