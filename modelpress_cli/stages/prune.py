@@ -11,6 +11,14 @@ from .. import kernels
 from ..errors import ConfigError
 from .base import Parts, Stage, register
 
+TIE_RUN = 1 << 20  # weights equal to the threshold are looked for this many at a time
+
+
+def _magnitudes(values: np.ndarray) -> np.ndarray:
+    """|values| as a new float32 (or float64) array, with no second temporary."""
+    wide = kernels.native(values)
+    return np.abs(wide) if wide is values else np.abs(wide, out=wide)
+
 
 @register
 @dataclass(frozen=True)
@@ -29,10 +37,29 @@ class MagnitudePrune(Stage):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
 
     def encode(self, parts: Parts) -> Parts:
+        """Find the k-th smallest magnitude t with an in-place partition (O(n), and no int64
+        index array, which would take twice a float32 tensor's memory); zero everything
+        below t, then as many of the weights equal to t as the count needs, first ones
+        first. Magnitudes are float32 for 16-bit floats: numpy partitions bfloat16 through
+        a generic compare, 15 times slower."""
         flat = parts["values"].reshape(-1).copy()
         k = round(self.sparsity * flat.size)
-        if k:  # argpartition is O(n): no full sort needed to find the k smallest
-            flat[np.argpartition(np.abs(kernels.native(flat)), k - 1)[:k]] = 0
+        if k:
+            magnitudes = _magnitudes(flat)
+            magnitudes.partition(k - 1)
+            threshold = magnitudes[k - 1]
+            del magnitudes
+            magnitudes = _magnitudes(flat)  # in file order again
+            below = magnitudes < threshold
+            flat[below] = 0
+            needed = k - int(np.count_nonzero(below))
+            del below
+            for start in range(0, flat.size, TIE_RUN):
+                if needed <= 0:
+                    break
+                ties = np.flatnonzero(magnitudes[start:start + TIE_RUN] == threshold)[:needed]
+                flat[start + ties] = 0
+                needed -= ties.size
         return {**parts, "values": flat.reshape(parts["values"].shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
