@@ -22,6 +22,7 @@ from .container import MpzReader, MpzWriter
 from .errors import ConfigError, MetricDropError, ModelpressError
 from .evaluate import TaskMetric, check_command, metric_of_mpz, run_metric
 from .formats import FORMAT_NAMES, TensorInfo, TensorReader, open_reader, writer_for
+from .formats.base import DTYPES
 from .formats.sharded import ShardedReader, write_sharded
 from .parallel import THREADS
 from .pipeline import (
@@ -212,6 +213,12 @@ def _tensor_options(info: TensorInfo, opts: Options, recipe: Recipe | None,
 IN_FLIGHT_BYTES = 256 << 20  # tensors read but not yet written, beyond the largest one
 
 
+def _work_bytes(info: TensorInfo) -> int:
+    """What a tensor in flight holds: its values are worked on as float32 (or wider), so a
+    bfloat16 tensor weighs twice its file bytes."""
+    return info.size * max(4, DTYPES[info.dtype].itemsize)
+
+
 def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path, opts: Options,
                    recipe: Recipe | None, progress: Progress | None,
                    threads: int, steps: dict[str, float] | None = None) -> list[TensorRow]:
@@ -243,7 +250,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
     try:
         for info in reader.infos():
             while pending and (len(pending) > 2 * threads or sum(
-                    i.n_bytes for i, _, _ in pending) + info.n_bytes > IN_FLIGHT_BYTES):
+                    _work_bytes(i) for i, _, _ in pending) + _work_bytes(info) > IN_FLIGHT_BYTES):
                 write_oldest()
             tensor_opts = _tensor_options(info, opts, recipe, steps)
             x = reader.view(info.name)
