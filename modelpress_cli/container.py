@@ -25,7 +25,15 @@ from . import __version__
 from .bitpack import pack_bits, packed_size, unpack_bits
 from .entropy import CODECS, compress, decompress
 from .errors import FormatError, IntegrityError, ModelpressError
-from .formats.base import DTYPES, ClosingReader, TensorInfo, check_kind, check_shape, strict_json
+from .formats.base import (
+    DTYPES,
+    ClosingReader,
+    TensorInfo,
+    check_kind,
+    check_shape,
+    drop_pages,
+    strict_json,
+)
 from .stages.base import Stage, decode_chain, describe_chain, stage_from_config
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"
@@ -358,12 +366,8 @@ class MpzReader(ClosingReader):
         return parts
 
     def _release(self, block: Block) -> None:
-        """Unmap a block's pages from this process once read: they stay in the page cache
-        (and are read again from it if a part still views them), but a reader that walks a
-        whole file no longer holds it all in its resident memory."""
-        start = block.offset - block.offset % mmap.PAGESIZE
-        if block.length and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED, start, block.offset + block.length - start)
+        """Let a block's pages go once read (formats.base.drop_pages)."""
+        drop_pages(self._map, block.offset, block.length)
 
     def read(self, name: str) -> np.ndarray:
         """One tensor, decoded and checked against its declared shape and dtype."""

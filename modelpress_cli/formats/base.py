@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +128,15 @@ class TensorReader(Protocol):
     def infos(self) -> Iterator[TensorInfo]: ...  # in file order; no data read
     def read(self, name: str) -> np.ndarray: ...  # one tensor, checked against its TensorInfo
     def close(self) -> None: ...
+
+
+def drop_pages(mapping: mmap.mmap, offset: int, length: int) -> None:
+    """Unmap `length` bytes at `offset` of a read-only file mapping from this process: they
+    stay in the page cache, and fault back in if something still views them, but a reader
+    that walks a whole file no longer keeps it all in its resident memory."""
+    start = offset - offset % mmap.PAGESIZE
+    if length and hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
 
 
 class ClosingReader:

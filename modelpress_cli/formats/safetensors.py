@@ -25,6 +25,7 @@ from .base import (
     TensorReader,
     check_shape,
     checked,
+    drop_pages,
     strict_json,
 )
 
@@ -134,12 +135,8 @@ class SafetensorsReader(ClosingReader):
         return np.frombuffer(self._map, dtype, info.size, start).reshape(info.shape)
 
     def release(self, name: str) -> None:
-        """Unmap a viewed tensor's pages: they stay in the page cache (and fault back in if
-        a view is still used), but walking a whole model no longer keeps it all resident."""
-        info, start = self._by_name[name], self._ranges[name]
-        first = start - start % mmap.PAGESIZE
-        if self._map is not None and info.n_bytes and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED, first, start + info.n_bytes - first)
+        if self._map is not None:
+            drop_pages(self._map, self._ranges[name], self._by_name[name].n_bytes)
 
     def close(self) -> None:
         self._file.close()

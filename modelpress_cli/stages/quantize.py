@@ -160,7 +160,6 @@ class UniformQuantize(Stage):
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
             round_to = kernels.ROUND_TO.get(x.dtype.name)
-
             limit = largest_scale(x.dtype, lo)
 
             def work(k: slice) -> tuple:
@@ -182,9 +181,8 @@ class UniformQuantize(Stage):
             unit_each = np.repeat(unit.astype(np.float32), self.super_group)[:flat.shape[0]]
             q = np.concatenate(split(lambda k: kernels.search_scale_codes(
                 flat[k], lo, hi, unit_each[k], qmax, ratios)))
-            if x.dtype == np.float16:  # as largest_scale says: no code decodes past 65504
-                cap = np.floor(largest_scale(x.dtype, lo) / np.maximum(unit_each, 2.0 ** -24))
-                q = np.clip(q, -cap, cap).astype(np.int32)
+            cap = np.floor(largest_scale(x.dtype, lo) / np.maximum(unit_each, 2.0 ** -24))
+            q = np.clip(q, -cap, cap).astype(np.int32)  # inside the dtype's range, as above
             out["scales"] = unit
             out["scale_codes"] = (q & ((1 << self.scale_bits) - 1)).astype(np.uint8).reshape(
                 rows, -1)
