@@ -9,9 +9,9 @@ same bytes on one machine, and may differ in the last place of a chosen scale ac
 
 from __future__ import annotations
 
-import math
-
+import llvmlite.ir
 import numba
+import numba.extending
 import numpy as np
 
 JIT = {"cache": True, "nogil": True}
@@ -53,93 +53,125 @@ def widen_half(halves, out, out_bits, bfloat16):
             out[i] = -magnitude if h & 0x8000 else magnitude
 
 
-@numba.njit(**FAST)
-def _group_error(row, scale, lo, hi):
-    """Squared error of rounding `row` to levels lo…hi times `scale`."""
+# The helpers below are inlined into their callers (numba's own inliner: LLVM cannot see
+# across separately compiled functions), and take a 2-D array and a row index rather than a
+# row: a call per group, or a row view's reference count, cost the quantizer about 30%.
+INLINE = {**FAST, "inline": "always"}
+
+
+@numba.extending.intrinsic
+def _float32_bits(typingctx, value):
+    """The uint32 bits of a float32 (a register move, no scratch array)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvmlite.ir.IntType(32))
+    return numba.types.uint32(numba.types.float32), codegen
+
+
+@numba.extending.intrinsic
+def _float32_of_bits(typingctx, bits):
+    """The float32 whose bits are a uint32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvmlite.ir.FloatType())
+    return numba.types.float32(numba.types.uint32), codegen
+
+
+@numba.njit(**INLINE)
+def _group_error(groups, i, scale, lo, hi):
+    """Squared error of rounding group i to levels lo…hi times `scale`."""
     inv = np.float32(1.0) / scale
     err = np.float32(0.0)
-    for j in range(row.size):
-        q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
-        d = row[j] - q * scale
+    for j in range(groups.shape[1]):
+        x = groups[i, j]
+        q = min(max(np.float32(np.rint(x * inv)), lo), hi)
+        d = x - q * scale
         err += d * d
     return err
 
 
-@numba.njit(**FAST)
-def _least_squares_scale(row, scale, lo, hi):
-    """The scale that best fits the codes `scale` gives: sum(x·q) / sum(q·q)."""
+@numba.njit(**INLINE)
+def _least_squares_scale(groups, i, scale, lo, hi):
+    """The scale that best fits the codes `scale` gives group i: sum(x·q) / sum(q·q)."""
     inv = np.float32(1.0) / scale
     sxq = np.float32(0.0)
     sqq = np.float32(0.0)
-    for j in range(row.size):
-        q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
-        sxq += row[j] * q
+    for j in range(groups.shape[1]):
+        x = groups[i, j]
+        q = min(max(np.float32(np.rint(x * inv)), lo), hi)
+        sxq += x * q
         sqq += q * q
     return sxq / sqq if sqq > 0 else scale
 
 
-@numba.njit(**FAST)
-def _signed_peak(row_bits, one):
-    """The float32 entry of largest magnitude, with its sign (+ on a tie), from the row's
-    bits: integer maxima vectorise where float ones (NaN rules) do not. `one` is a
-    1-element uint32 scratch array, to turn the bits back into a float."""
+@numba.njit(**INLINE)
+def _signed_peak(group_bits, i):
+    """Group i's float32 entry of largest magnitude, with its sign (+ on a tie), from the
+    groups' uint32 view: integer maxima vectorise where float ones (NaN rules) do not."""
     pos = np.uint32(0)
     neg = np.uint32(0)
-    for j in range(row_bits.size):
-        b = row_bits[j]
+    for j in range(group_bits.shape[1]):
+        b = group_bits[i, j]
         a = b & np.uint32(0x7FFFFFFF)
         negative = b != a
         pos = max(pos, np.uint32(0) if negative else a)
         neg = max(neg, a if negative else np.uint32(0))
-    one[0] = pos if pos >= neg else neg | np.uint32(0x80000000)
-    return one.view(np.float32)[0]
+    return _float32_of_bits(pos if pos >= neg else neg | np.uint32(0x80000000))
 
 
-@numba.njit(**FAST)
-def _best_scale(row, peak, lo, hi, ratios, refine):
-    """The scale with the least squared error for one group; 0 for an all-zero group.
+@numba.njit(**INLINE)
+def _best_scale(groups, i, peak, lo, hi, ratios, refine):
+    """The scale with the least squared error for group i; 0 for an all-zero group.
 
     Candidates are peak/lo·r for r in `ratios`: the peak maps to the extra negative level (as
-    llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps. Then
-    `refine` least-squares updates (HQQ-style alternation). An update never adds error at
-    the float32 scale, so none is measured: the old codes fit the new scale at least as well
-    as the old scale (least squares), and rounding afresh picks each weight's nearest level.
-    (The float16 rounding of the scale that follows can still cost a group a little, as it
-    could when each update was checked in float32.) `peak` is _signed_peak of the row.
+    llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps; a
+    single candidate is taken without measuring it. Then `refine` least-squares updates
+    (HQQ-style alternation). An update never adds error at the float32 scale, so none is
+    measured: the old codes fit the new scale at least as well as the old scale (least
+    squares), and rounding afresh picks each weight's nearest level. (The float16 rounding
+    of the scale that follows can still cost a group a little, as it could when each update
+    was checked in float32.) `peak` is _signed_peak of the group.
     """
     base = peak / lo
     if base == 0:
         return base
-    best_err = np.float32(np.inf)
     best = base
-    for r in ratios:
-        if base * r == 0:  # underflow (weights near 1e-45): no usable step there
-            continue
-        err = _group_error(row, base * r, lo, hi)
-        if err < best_err:
-            best_err = err
-            best = base * r
+    if ratios.size == 1:
+        if base * ratios[0] != 0:
+            best = base * ratios[0]
+    else:
+        best_err = np.float32(np.inf)
+        for r in ratios:
+            if base * r == 0:  # underflow (weights near 1e-45): no usable step there
+                continue
+            err = _group_error(groups, i, base * r, lo, hi)
+            if err < best_err:
+                best_err = err
+                best = base * r
     for _ in range(refine):  # no error check needed: see the docstring
-        fitted = _least_squares_scale(row, best, lo, hi)
+        fitted = _least_squares_scale(groups, i, best, lo, hi)
         if fitted == 0:
             break
         best = fitted
     return best
 
 
-@numba.njit(**JIT)
+@numba.njit(**INLINE)
 def nearest_float16(s):
     """float32 s rounded to the nearest float16 value (ties to even; 65504 at most), or to
     the smallest one of its sign if it would round to 0: a group of tiny weights keeps a
-    usable step. Computed exactly in float64 (numba has no float16 type)."""
+    usable step. From the bits (numba has no float16): normal float16 values keep float32's
+    top 11 significant bits; below 2**-14 the step is a fixed 2**-24."""
     if s == 0:
         return np.float32(0.0)
-    _, e = math.frexp(s)  # |s| in [2**(e-1), 2**e): float16 spacing there is 2**(e-11)
-    quantum = 2.0 ** max(e - 11, -24)
-    r = np.rint(np.float64(s) / quantum) * quantum
-    if r == 0:
-        r = math.copysign(2.0 ** -24, s)
-    return np.float32(min(max(r, -65504.0), 65504.0))
+    bits = _float32_bits(s)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    if magnitude >= np.uint32(0x38800000):  # 2**-14, float16's smallest normal value
+        magnitude = (magnitude + np.uint32(0xFFF) + ((magnitude >> np.uint32(13)) &
+                                                     np.uint32(1))) & np.uint32(0xFFFFE000)
+        return _float32_of_bits(min(magnitude, np.uint32(0x477FE000)) |  # 65504
+                                (bits & np.uint32(0x80000000)))
+    r = np.float32(np.rint(abs(s) * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24)
+    r = max(r, np.float32(2.0 ** -24))
+    return -r if s < 0 else r
 
 
 #: What the decoded float32 values are cast to: round_to codes for rounded_errors.
@@ -186,7 +218,6 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     hi = np.float32(hi)
     mask = (1 << bits) - 1
     group_bits = groups.view(np.uint32)
-    one = np.zeros(1, np.uint32)
     gaps = np.zeros(groups.shape[1], np.float64)  # |y−x| of a group, maxed as integers
     gap_bits = gaps.view(np.uint64)
     ref = 0.0
@@ -194,17 +225,17 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     peak = np.uint64(0)
     zeros = 0
     for i in range(groups.shape[0]):
-        row = groups[i]
-        s = nearest_float16(_best_scale(row, _signed_peak(group_bits[i], one), lo, hi,
+        s = nearest_float16(_best_scale(groups, i, _signed_peak(group_bits, i), lo, hi,
                                         ratios, refine))
         s = min(max(s, -scale_limit), scale_limit)
         scales[i] = s
         inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
-        for j in range(row.size):
-            q = min(max(np.float32(np.rint(row[j] * inv)), lo), hi)
+        for j in range(groups.shape[1]):
+            x = groups[i, j]
+            q = min(max(np.float32(np.rint(x * inv)), lo), hi)
             codes[i, j] = np.int32(q) & mask
             y = q * s
-            a = np.float64(row[j])
+            a = np.float64(x)
             d = np.float64(y) - a
             ref += a * a
             err += d * d
@@ -269,11 +300,9 @@ def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
     hi = np.float32(hi)
     out = np.zeros(groups.shape[0], np.int32)
     group_bits = groups.view(np.uint32)
-    one = np.zeros(1, np.uint32)
     for i in range(groups.shape[0]):
-        row = groups[i]
         u = unit[i]
-        base = _signed_peak(group_bits[i], one) / lo
+        base = _signed_peak(group_bits, i) / lo
         if base == 0 or u == 0:
             continue
         best_err = np.float32(np.inf)
@@ -286,14 +315,14 @@ def search_scale_codes(groups, lo, hi, unit, qmax, ratios):
                 if q == 0:  # a group far below its super-block's peak: the finest step
                     q = away
                 if q != best:
-                    err = _group_error(row, q * u, lo, hi)
+                    err = _group_error(groups, i, q * u, lo, hi)
                     if err < best_err:
                         best_err = err
                         best = q
         if best != 0:
-            fitted = _least_squares_scale(row, best * u, lo, hi)
+            fitted = _least_squares_scale(groups, i, best * u, lo, hi)
             q = int(min(max(np.rint(fitted / u), -qmax), qmax))
-            if q != 0 and q != best and _group_error(row, q * u, lo, hi) < best_err:
+            if q != 0 and q != best and _group_error(groups, i, q * u, lo, hi) < best_err:
                 best = q
         out[i] = best
     return out
