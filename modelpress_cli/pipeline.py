@@ -12,6 +12,7 @@ from . import kernels
 from .container import Block, decode_block, encode_block
 from .errors import ConfigError, IntegrityError
 from .formats.base import DTYPES, FLOAT_DTYPES, TensorInfo
+from .parallel import in_parts
 from .stages import (
     BytePlanes,
     CodebookQuantize,
@@ -150,16 +151,19 @@ def _is_int(value) -> bool:
 
 def scan(x: np.ndarray) -> tuple[int, float]:
     """NaN and ±Inf entries of a float tensor, and its largest finite |value| (0, 0.0 for
-    others): one pass, what plan() needs to know before choosing stages."""
+    others): one pass, what plan() needs to know before choosing stages. A big tensor's
+    pass is split over the cores (its first read of a mapped file: page faults included)."""
     if x.dtype.kind != "f" and x.dtype.name not in FLOAT_DTYPES:
         return 0, 0.0
     if x.itemsize > 1:  # IEEE layouts (float16/32/64, bfloat16): float8 may lack ±Inf
         uint = np.dtype(f"u{x.itemsize}")
         top = np.iinfo(uint).max >> 1
         infinity = np.array(np.inf, x.dtype).view(uint)
-        bad, peak = kernels.scan_bits(np.ascontiguousarray(x).reshape(-1).view(uint),
-                                      uint.type(top), infinity[()])
-        return int(bad), float(np.array(peak, uint).view(x.dtype))
+        flat = np.ascontiguousarray(x).reshape(-1).view(uint)
+        found = in_parts(lambda a, b: kernels.scan_bits(flat[a:b], uint.type(top),
+                                                        infinity[()]), flat.size, flat.size)
+        peak = max(p for _, p in found)  # finite values order as their bits do
+        return sum(int(b) for b, _ in found), float(np.array(peak, uint).view(x.dtype))
     finite = np.isfinite(x)
     return int(x.size - np.count_nonzero(finite)), float(np.abs(x[finite]).max(initial=0))
 

@@ -15,7 +15,8 @@ import modelpress_cli as mp
 from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
 from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import TensorInfo
-from modelpress_cli.parallel import RANGE_VALUES
+from modelpress_cli.parallel import RANGE_VALUES, THREADS
+from modelpress_cli.pipeline import scan
 
 DATA = Path(__file__).parent / "data"
 
@@ -144,6 +145,22 @@ def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options)
     y = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64)
     sqnr = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x) ** 2).sum())
     assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_big_tensor_scanned_in_parts_counts_every_nan_and_finds_its_peak(threads):
+    """scan() splits a big tensor's pass like the kernels do: NaN/Inf and the largest finite
+    |value| are found whichever range holds them."""
+    x = np.zeros(3 * RANGE_VALUES + 5, np.float32)
+    x[7], x[RANGE_VALUES + 3], x[2 * RANGE_VALUES + 1] = np.nan, -7.5, np.inf
+    x[-1] = -np.inf
+    x[-2] = 3.0
+    limit = THREADS.set(threads)
+    try:
+        assert scan(x) == (3, 7.5)
+        assert scan(x[RANGE_VALUES:2 * RANGE_VALUES].astype(np.float16)) == (0, 7.5)
+    finally:
+        THREADS.reset(limit)
 
 
 def test_tied_weights_need_the_same_bytes_not_only_the_same_checksum(tmp_path):
