@@ -323,8 +323,11 @@ def _write_tensor(info: TensorInfo, opts: Options, encoded: _Encoded, writer: Mp
     return encoded.row
 
 
-def _bits(stages, x: np.ndarray) -> int:
-    """Bits per stored value before packing overheads: the code width or the dtype's."""
+def _bits(stages, x: np.ndarray) -> int | None:
+    """Bits per stored value before packing overheads: the code width or the dtype's; None
+    for step codes, whose entropy coding gives them no fixed width (see bits_per_weight)."""
+    if any(isinstance(s, StepQuantize) for s in stages):
+        return None
     widths = [s.code_bits() for s in stages if s.code_bits()]
     return widths[-1] if widths else x.dtype.itemsize * 8
 

@@ -25,7 +25,7 @@ class TensorRow:
     shape: tuple[int, ...]
     dtype: str
     method: str
-    bits: int
+    bits: int | None  # code width, or the dtype's when stored as is; None: entropy-coded steps
     sparsity: float
     original_bytes: int
     compressed_bytes: int

@@ -69,6 +69,7 @@ def test_min_sqnr_and_max_rel_error_hold_for_every_tensor(tmp_path, gaussian):
     for row in got.rows:
         assert "rANS" in row.method
         assert 30.0 <= sqnr_db(original[row.name], loaded[row.name]) < 30.5
+        assert row.bits is None and 4 < row.bits_per_weight < 8  # no fixed width, not float32's
     got = mp.compress(gaussian, tmp_path / "e.mpz", max_rel_error=0.01)
     for row in got.rows:
         assert 0.0095 < row.errors.rel_error <= 0.01
