@@ -439,6 +439,66 @@ def unpack_bits(packed, bits, out):
         filled -= bits
 
 
+@numba.njit(**JIT)
+def sparse_split(dense, kept, mask):
+    """The entries of flat `dense` whose bits are not all zero into `kept` (sized to their
+    count), in order, and mask[i] = whether dense[i] was kept. Branch-free: every entry is
+    written at the next free slot, which only a kept one then claims."""
+    n = 0
+    last = kept.size - 1
+    for i in range(dense.size):
+        v = dense[i]
+        nonzero = v != 0
+        mask[i] = nonzero
+        if n <= last:
+            kept[n] = v
+        n += nonzero
+
+
+@numba.njit(**JIT)
+def sparse_fill(mask, kept, dense):
+    """The inverse of sparse_split into `dense`: kept entries where `mask` is set, in order,
+    zeros elsewhere. The caller has checked that mask's count equals kept.size."""
+    zero = dense.dtype.type(0)  # typed: a literal 0 would pass uint64 bits through float64
+    n = 0
+    last = kept.size - 1
+    for i in range(mask.size):
+        v = kept[min(n, last)] if last >= 0 else zero
+        dense[i] = v if mask[i] else zero
+        n += mask[i]
+
+
+@numba.njit(**JIT)
+def zero_smallest(values, threshold, k):
+    """Set to +0.0, in place, every entry of float `values` whose |value| is below
+    `threshold`, then, first ones first, as many entries whose |value| equals it as make k
+    in all: the k smallest magnitudes, ties broken by position. NaN is never below or
+    equal: it stays."""
+    zero = values.dtype.type(0)
+    below = 0
+    for i in range(values.size):
+        v = values[i]
+        small = abs(v) < threshold
+        values[i] = zero if small else v
+        below += small
+    needed = k - below
+    for i in range(values.size):
+        if needed <= 0:
+            break
+        if abs(values[i]) == threshold:
+            values[i] = zero
+            needed -= 1
+
+
+@numba.njit(**JIT)
+def carry_zeros(wide_bits, bits):
+    """Zero `bits` (a 16-bit float tensor's) where its float32 widening, `wide_bits`, was
+    set to +0.0: the pruned entries (a -0.0 left alone keeps its sign bit)."""
+    zero = bits.dtype.type(0)
+    for i in range(bits.size):
+        bits[i] = zero if wide_bits[i] == 0 else bits[i]
+
+
 @numba.njit(**FAST)
 def error_sums(x, y):
     """(Σx², Σ(y−x)², max|y−x|) in float64, one pass in runs of 4096; NaN-free inputs."""

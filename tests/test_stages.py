@@ -195,6 +195,37 @@ def test_prune_zeroes_exactly_the_smallest_weights(x, sparsity):
         assert np.abs(x[pruned]).max() <= np.abs(x[~pruned & (x != 0)]).min(initial=np.inf)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_prune_breaks_ties_by_position_and_keeps_survivors_bit_exact(dtype):
+    """k = 2 of the three weights of magnitude 1 go, the first two in order; the others keep
+    every bit (float64 survivors with their lowest mantissa bit set included)."""
+    x = np.array([3, -1, 1, 2, -1, 5, 4, 6], np.float64)
+    if dtype == "float64":
+        x[[0, 3, 5]] += 2.0 ** -50
+    x = x.astype(DTYPES[dtype])
+    y = MagnitudePrune(0.25).encode({"values": x})["values"]
+    assert y.dtype == x.dtype
+    assert y.tobytes() == np.concatenate([x[:1], np.zeros(2, x.dtype), x[3:]]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize(("zero_fraction", "layout"), [(0.5, "mask"), (0.97, "gaps")])
+def test_sparse_pack_restores_every_bit(dtype, zero_fraction, layout):
+    """Only all-zero bits are dropped: -0.0, NaN and float64's lowest bits come back."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 80)).astype(np.float64)
+    x[rng.random(x.shape) < zero_fraction] = 0
+    x = (np.abs(x) * 40).astype(np.uint8) if dtype == "uint8" else x.astype(DTYPES[dtype])
+    if dtype != "uint8":
+        x[0, :3] = [np.nan, -0.0, 1.0 + (2.0 ** -52 if dtype == "float64" else 0.0)]
+    stage = SparsePack("values")
+    parts = stage.encode({"values": x})
+    assert layout in parts and parts["values"].size == np.count_nonzero(
+        x.view(f"u{x.itemsize}"))
+    y = stage.decode(parts, x.shape, x.dtype)["values"]
+    assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == x.tobytes()
+
+
 @pytest.mark.parametrize(("sparsity", "layout"), [(0.5, "mask"), (0.97, "gaps")])
 def test_sparse_picks_the_smaller_layout_and_restores_zeros(sparsity, layout):
     x = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)

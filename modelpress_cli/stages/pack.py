@@ -37,16 +37,22 @@ class SparsePack(Stage):
             raise ConfigError(f"sparse part must be 'codes' or 'values', got {self.part!r}")
 
     def encode(self, parts: Parts) -> Parts:
-        dense = parts[self.part]
-        mask = dense != 0
-        kept = dense[mask]
-        positions = np.flatnonzero(mask)
-        gaps = np.diff(positions, prepend=-1) - 1
-        gap_dtype = next(t for t in GAP_DTYPES if gaps.max(initial=0) <= np.iinfo(t).max)
+        """Zero is all-zero bits, so -0.0 is kept as it is. A bitmap takes n/8 bytes, gaps at
+        least one a kept entry: only below n/8 kept entries are gaps worth computing."""
+        dense = np.ascontiguousarray(parts[self.part]).reshape(-1)
+        bits = dense.view(f"u{dense.itemsize}")
+        count = int(np.count_nonzero(bits))
         out = {k: v for k, v in parts.items() if k != self.part}
-        if kept.size * np.dtype(gap_dtype).itemsize < -(-dense.size // 8):
-            return {**out, self.part: kept, "gaps": gaps.astype(gap_dtype)}
-        return {**out, self.part: kept, "mask": mask}
+        if count < -(-dense.size // 8):
+            positions = np.flatnonzero(bits)
+            gaps = np.diff(positions, prepend=-1) - 1
+            gap_dtype = next(t for t in GAP_DTYPES if gaps.max(initial=0) <= np.iinfo(t).max)
+            if count * np.dtype(gap_dtype).itemsize < -(-dense.size // 8):
+                return {**out, self.part: dense[positions], "gaps": gaps.astype(gap_dtype)}
+        kept = np.empty(count, dense.dtype)
+        mask = np.empty(dense.size, np.bool_)
+        kernels.sparse_split(bits, kept.view(bits.dtype), mask)
+        return {**out, self.part: kept, "mask": mask.reshape(parts[self.part].shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, self.part, stage=self.stage_id)
@@ -57,8 +63,11 @@ class SparsePack(Stage):
             if mask.size != prod(shape) or np.count_nonzero(mask) != kept.size:
                 raise IntegrityError(f"sparse bitmap of {mask.size} entries marks "
                                      f"{np.count_nonzero(mask)} kept, {kept.size} stored")
-            dense = np.zeros(mask.shape, dtype=kept.dtype)
-            dense[mask] = kept
+            kept = np.ascontiguousarray(kept).reshape(-1)
+            dense = np.empty(mask.size, dtype=kept.dtype)
+            unsigned = f"u{kept.itemsize}"
+            kernels.sparse_fill(np.ascontiguousarray(mask).reshape(-1), kept.view(unsigned),
+                                dense.view(unsigned))
             return {**out, self.part: dense.reshape(shape)}
         require(parts, "gaps", stage=self.stage_id)
         positions = np.cumsum(parts["gaps"].astype(np.uint64) + 1, dtype=np.uint64)

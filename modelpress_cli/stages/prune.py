@@ -11,8 +11,6 @@ from .. import kernels
 from ..errors import ConfigError
 from .base import Parts, Stage, register
 
-TIE_RUN = 1 << 20  # weights equal to the threshold are looked for this many at a time
-
 
 def _magnitudes(values: np.ndarray) -> np.ndarray:
     """|values| as a new float32 (or float64) array, with no second temporary."""
@@ -38,10 +36,10 @@ class MagnitudePrune(Stage):
 
     def encode(self, parts: Parts) -> Parts:
         """Find the k-th smallest magnitude t with an in-place partition (O(n), and no int64
-        index array, which would take twice a float32 tensor's memory); zero everything
-        below t, then as many of the weights equal to t as the count needs, first ones
-        first. Magnitudes are float32 for 16-bit floats: numpy partitions bfloat16 through
-        a generic compare, 15 times slower."""
+        index array, which would take twice a float32 tensor's memory); then zero everything
+        below t and as many of the weights equal to t as the count needs, first ones first,
+        in one compiled pass. Magnitudes are float32 for 16-bit floats: numpy partitions
+        bfloat16 through a generic compare, 15 times slower."""
         flat = parts["values"].reshape(-1).copy()
         k = round(self.sparsity * flat.size)
         if k:
@@ -49,17 +47,10 @@ class MagnitudePrune(Stage):
             magnitudes.partition(k - 1)
             threshold = magnitudes[k - 1]
             del magnitudes
-            magnitudes = _magnitudes(flat)  # in file order again
-            below = magnitudes < threshold
-            flat[below] = 0
-            needed = k - int(np.count_nonzero(below))
-            del below
-            for start in range(0, flat.size, TIE_RUN):
-                if needed <= 0:
-                    break
-                ties = np.flatnonzero(magnitudes[start:start + TIE_RUN] == threshold)[:needed]
-                flat[start + ties] = 0
-                needed -= ties.size
+            wide = kernels.native(flat)
+            kernels.zero_smallest(wide, threshold, k)
+            if wide is not flat:  # a 16-bit tensor: its own bits follow the float32 copy's
+                kernels.carry_zeros(wide.view(np.uint32), flat.view(np.uint16))
         return {**parts, "values": flat.reshape(parts["values"].shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
