@@ -279,23 +279,53 @@ class _Encoded:
     row: TensorRow
 
 
+#: What plan() assumes before a tensor is scanned: no NaN/Inf, and no value out of range.
+UNSCANNED = (0, 0.0)
+
+
 def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
     """Plan, encode and measure one tensor (on a worker thread). With --method auto, each
-    method is tried and the one with the least error at no more bytes than uniform kept."""
+    method is tried and the one with the least error at no more bytes than uniform kept.
+
+    A tensor bound for the fused quantizer is not scanned first: the kernel reports its
+    largest |value| as it goes, and only a tensor that turns out to hold an Inf or NaN, or
+    values out of range, is scanned and planned again (one wasted pass, for rare files).
+    """
+    if opts.method != "auto":
+        stages, note = plan(info, x, opts, UNSCANNED)
+        if _sees_every_value(stages, x.dtype):
+            blocks, errors, zeros, seen = encode_measured(info, x, stages)
+            if seen < min(s.max_magnitude() for s in stages):  # NaN compares false
+                return _encoded(info, x, opts, (0, seen), stages, note, blocks, errors, zeros)
     found = scan(x)
     tries = [opts] if opts.method != "auto" else [
         dataclasses.replace(opts, method=m) for m in ("uniform", "kmeans", "nf")]
     candidates = []
     for tried in tries:
         stages, note = plan(info, x, tried, found)
-        blocks, errors, zeros = encode_measured(info, x, stages)
+        blocks, errors, zeros, _ = encode_measured(info, x, stages)
         size = sum(block.length for block, _ in blocks.values())
         candidates.append((stages, note, blocks, errors, zeros, size))
         if tried is tries[0] and not any(isinstance(s, UniformQuantize) for s in stages):
             break  # uniform was not used (kept lossless): the other methods would not be
     limit = candidates[0][5] * 1.01  # "the same size": no more than uniform's bytes
-    stages, note, blocks, errors, zeros, size = min(
+    stages, note, blocks, errors, zeros, _ = min(
         (c for c in candidates if c[5] <= limit), key=lambda c: c[3].sum_sq_err)
+    return _encoded(info, x, opts, found, stages, note, blocks, errors, zeros)
+
+
+def _sees_every_value(stages: list, dtype: np.dtype) -> bool:
+    """Whether encoding goes through the fused quantizer, which reports the tensor's
+    largest |value| (UniformQuantize.measures_itself) before any other lossy stage."""
+    return bool(stages) and isinstance(stages[0], UniformQuantize) and \
+        stages[0].measures_itself(dtype) and not any(s.lossy for s in stages[1:])
+
+
+def _encoded(info: TensorInfo, x: np.ndarray, opts: Options, found: tuple[int, float],
+             stages: list, note: str | None, blocks: dict, errors: ErrorStats,
+             zeros: float) -> _Encoded:
+    """The tensor's _Encoded: its tie key and report row."""
+    size = sum(block.length for block, _ in blocks.values())
     key = (info.dtype, info.shape, tuple(repr(s.get_config()) for s in stages),
            tuple((name, b.dtype, b.shape, b.bits, b.codec, b.length, b.crc32)
                  for name, (b, _) in blocks.items()))

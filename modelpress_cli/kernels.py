@@ -212,7 +212,9 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     against the float32 groups.
 
     Fills `codes` (uint8, groups' shape) and `scales`; returns (Σx², Σ(y−x)², max|y−x|,
-    count of y == 0) in float64.
+    count of y == 0) in float64, and the bits of the largest |x| (as uint32: from
+    0x7F800000 up, x holds an Inf or NaN, and the other figures mean nothing). That last
+    figure lets the quantizer stand in for a separate scan of the tensor.
     """
     lo = np.float32(lo)
     hi = np.float32(hi)
@@ -224,9 +226,11 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     err = 0.0
     peak = np.uint64(0)
     zeros = 0
+    top = np.uint32(0)
     for i in range(groups.shape[0]):
-        s = nearest_float16(_best_scale(groups, i, _signed_peak(group_bits, i), lo, hi,
-                                        ratios, refine))
+        signed_peak = _signed_peak(group_bits, i)
+        top = max(top, _float32_bits(signed_peak) & np.uint32(0x7FFFFFFF))
+        s = nearest_float16(_best_scale(groups, i, signed_peak, lo, hi, ratios, refine))
         s = min(max(s, -scale_limit), scale_limit)
         scales[i] = s
         inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
@@ -244,7 +248,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
         for j in range(gap_bits.size):  # non-negative floats order as their bits do
             peak = max(peak, gap_bits[j])
     gap_bits[0] = peak
-    return ref, err, gaps[0], zeros
+    return ref, err, gaps[0], zeros, top
 
 
 @numba.njit(**FAST)

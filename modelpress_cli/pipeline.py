@@ -318,18 +318,21 @@ def _encode(x: np.ndarray, stages: list[Stage]) -> tuple[dict[str, tuple[Block, 
 
 
 def encode_measured(info: TensorInfo, x: np.ndarray, stages: list[Stage]) \
-        -> tuple[dict[str, tuple[Block, bytes]], ErrorStats, float]:
-    """Encode x, and measure what a reader will decode: its errors and its fraction of
-    zeros. The stored bytes are decoded back and compared, unless the only lossy stage is
-    the first and measured its own decode as it encoded (the fused quantizer): later
-    lossless stages give its output back exactly, so decoding again would find the same."""
+        -> tuple[dict[str, tuple[Block, bytes]], ErrorStats, float, float | None]:
+    """Encode x, and measure what a reader will decode: its errors, its fraction of zeros,
+    and x's largest |value| if the encoding saw it (else None; inf or nan if x holds an Inf
+    or NaN, and then nothing else returned means anything). The stored bytes are decoded
+    back and compared, unless the only lossy stage is the first and measured its own decode
+    as it encoded (the fused quantizer): later lossless stages give its output back
+    exactly, so decoding again would find the same."""
     blocks, measured = _encode(x, stages)
     if measured is not None and not any(s.lossy for s in stages[1:]):
-        ref, err, peak, zeros = measured
-        return blocks, ErrorStats(ref, err, peak), zeros / x.size
+        ref, err, peak, zeros, seen = measured
+        return blocks, ErrorStats(ref, err, peak), zeros / x.size, seen
     y = decode(blocks, stages, info)
     errors = measure(x, y, any(s.lossy for s in stages))
-    return blocks, errors, float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0
+    zeros = float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0
+    return blocks, errors, zeros, None
 
 
 def decode(blocks: dict[str, tuple[Block, bytes]], stages: list[Stage],

@@ -230,6 +230,22 @@ def test_nan_and_inf_are_kept_exactly_and_counted(tmp_path):
     assert mp.load(tmp_path / "m.mpz")["w"].tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize(("dtype", "bits", "odd", "note"), [
+    ("float32", 4, 1e30, "|values| ≥"), ("float16", 4, np.nan, "1 NaN/Inf kept exact"),
+    ("float16", 2, 65504.0, "|values| ≥"), ("float32", 8, -np.inf, "1 NaN/Inf kept exact")])
+def test_tensors_the_quantizer_finds_odd_are_scanned_and_kept_exact(tmp_path, dtype, bits, odd,
+                                                                    note):
+    """The fused quantizer stands in for the scan; a value it cannot take (found only as it
+    quantizes, here in the last of several ranges) still sends the tensor to the exact path."""
+    x = np.random.default_rng(1).normal(size=(2048, 1100)).astype(dtype)
+    x[-1, -1] = odd
+    src = write_npz(tmp_path / "m.npz", {"w": x})
+    row = mp.compress(src, tmp_path / "m.mpz", bits=bits).rows[0]
+    assert row.method == "lossless" and row.note.startswith(note)
+    assert row.non_finite == (0 if np.isfinite(odd) else 1)
+    assert mp.load(tmp_path / "m.mpz")["w"].tobytes() == x.tobytes()
+
+
 def big_model(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     return write_npz(folder / "big.npz", {f"w{i}": rng.normal(size=(512, 1024)).astype(

@@ -138,10 +138,17 @@ class UniformQuantize(Stage):
     def encode(self, parts: Parts) -> Parts:
         return self.encode_measured(parts)[0]
 
+    def measures_itself(self, dtype) -> bool:
+        """Whether encode_measured measures a tensor of `dtype` as it encodes it: float32,
+        bfloat16 or float16 under symmetric codes with float16 scales (the fused kernel)."""
+        return self.symmetric and self.scale_bits is None and (
+            np.dtype(dtype) == np.float32 or np.dtype(dtype).name in kernels.ROUND_TO)
+
     def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
-        """The errors come with the codes when the tensor is float32, bfloat16 or float16 and
-        the scales float16: the fused kernel decodes each group as it writes it, down to the
-        decoder's final cast (bit-for-bit decode's values)."""
+        """The errors come with the codes when measures_itself(dtype): the fused kernel
+        decodes each group as it writes it, down to the decoder's final cast (bit-for-bit
+        decode's values). They are (Σx², Σ(y−x)², max|y−x|, count of y == 0, max|x|); the
+        last is inf or nan when x holds an Inf or NaN, and then the others mean nothing."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
         g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False), group)
@@ -166,14 +173,16 @@ class UniformQuantize(Stage):
                 sums = kernels.quantize_groups(flat[k], lo, hi, ratios, search_refits(
                     self.bits), self.bits, codes[k], scale[k], limit)
                 return sums if round_to is None else kernels.rounded_errors(
-                    flat[k], codes[k], scale[k], self.bits, round_to)
+                    flat[k], codes[k], scale[k], self.bits, round_to) + sums[4:]
 
             sums = split(work)
             out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
-            if x.dtype == np.float32 or round_to is not None:
+            if self.measures_itself(x.dtype):
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
+                top = np.array(max(s[4] for s in sums), np.uint32).view(np.float32)
                 errors = (sum(s[0] for s in sums), sum(s[1] for s in sums),
-                          max(s[2] for s in sums), sum(s[3] for s in sums) - padding)
+                          max(s[2] for s in sums), sum(s[3] for s in sums) - padding,
+                          float(top))
         else:
             qmax = (1 << (self.scale_bits - 1)) - 1
             peak = np.abs(flat).max(axis=1).astype(np.float64) / -lo
