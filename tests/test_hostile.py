@@ -370,3 +370,17 @@ def test_crafted_rans_parts_are_refused_before_the_compiled_decoder_runs():
         stage.decode(parts, (1 << 23,), np.float32)
     with pytest.raises(FormatError, match="positive finite"):
         stage_from_config({"id": "quantize.step", "step": 10 ** 400})
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_h5_cannot_be_read(tiny_h5, tmp_path):
+    """The .h5 reader is a spawned Python, which imports the caller's main module again; an
+    unguarded script makes it fail at start-up. The error must say so, not blame the file."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import modelpress_cli as mp\n"
+                      f"mp.compress({str(tiny_h5)!r}, {str(tmp_path / 'm.mpz')!r})\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and not (tmp_path / "m.mpz").exists()
+    assert last.startswith("modelpress_cli.errors.ModelpressError: ") and str(tiny_h5) in last
+    assert 'if __name__ == "__main__":' in last and "damaged" not in last

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, ModelpressError
 from .base import (
     DTYPES,
     ClosingReader,
@@ -133,7 +133,15 @@ class H5Reader(ClosingReader):
             raise FormatError(f"the HDF5 library did not finish within {seconds:.0f} s; "
                               "the file is probably damaged", path=self.path) from None
         except (EOFError, OSError):
+            self._child.join(1)
+            status = self._child.exitcode  # > 0: Python exited on an error, not a crash
             self.close()
+            if status is not None and status > 0:
+                raise ModelpressError(
+                    f"the HDF5 reader process stopped (exit status {status}) before it "
+                    "answered; it is a fresh Python that imports your main module again, so "
+                    "from a script call modelpress under `if __name__ == \"__main__\":`",
+                    path=self.path) from None
             raise FormatError("the HDF5 library crashed reading it; the file is damaged",
                               path=self.path) from None
         if kind == "error":
