@@ -291,7 +291,7 @@ def _encode_tensor(info: TensorInfo, x: np.ndarray, opts: Options) -> _Encoded:
     largest |value| as it goes, and only a tensor that turns out to hold an Inf or NaN, or
     values out of range, is scanned and planned again (one wasted pass, for rare files).
     """
-    if opts.method != "auto":
+    if opts.method != "auto" and not opts.entropy_coded:  # step coding reads the peak first
         stages, note = plan(info, x, opts, UNSCANNED)
         if _sees_every_value(stages, x.dtype):
             blocks, errors, zeros, seen = encode_measured(info, x, stages)

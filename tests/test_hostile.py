@@ -246,6 +246,17 @@ def test_tensors_the_quantizer_finds_odd_are_scanned_and_kept_exact(tmp_path, dt
     assert mp.load(tmp_path / "m.mpz")["w"].tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("options", [{"step": 0.01}, {"min_sqnr": 30.0}])
+def test_step_coded_tensors_with_nan_are_kept_exact(tmp_path, options):
+    """Step coding reads the tensor's peak before it plans: it is never planned blind."""
+    x = np.random.default_rng(2).normal(size=(64, 128)).astype(np.float32)
+    x[5, 7] = np.nan
+    src = write_npz(tmp_path / "m.npz", {"w": x})
+    row = mp.compress(src, tmp_path / "m.mpz", **options).rows[0]
+    assert row.method == "lossless" and row.note == "1 NaN/Inf kept exact"
+    assert mp.load(tmp_path / "m.mpz")["w"].tobytes() == x.tobytes()
+
+
 def big_model(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     return write_npz(folder / "big.npz", {f"w{i}": rng.normal(size=(512, 1024)).astype(

@@ -229,6 +229,25 @@ def test_sparse_pack_restores_every_bit(dtype, zero_fraction, layout):
     assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == x.tobytes()
 
 
+def test_a_sparse_mask_that_is_not_bool_is_refused():
+    """A crafted file's mask of another dtype must not reach the compiled scatter, which
+    trusts one kept entry per true mask entry."""
+    x = np.where(np.arange(64) % 3 == 0, 1.5, 0).astype(np.float32)
+    stage = SparsePack("values")
+    parts = stage.encode({"values": x})
+    for mask in (parts["mask"].astype(np.int64) * -(1 << 40), parts["mask"].astype(np.float32)):
+        with pytest.raises(FormatError, match="sparse mask must be bool"):
+            stage.decode({**parts, "mask": mask}, x.shape, x.dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_prune_gives_the_same_zeros_for_big_endian_weights(dtype):
+    x = np.random.default_rng(3).normal(size=4096).astype(dtype)
+    little = MagnitudePrune(0.5).encode({"values": x})["values"]
+    big = MagnitudePrune(0.5).encode({"values": x.astype(x.dtype.newbyteorder(">"))})["values"]
+    assert np.array_equal(big, little) and np.count_nonzero(little) == 2048
+
+
 @pytest.mark.parametrize(("sparsity", "layout"), [(0.5, "mask"), (0.97, "gaps")])
 def test_sparse_picks_the_smaller_layout_and_restores_zeros(sparsity, layout):
     x = np.random.default_rng(0).normal(size=(300, 200)).astype(np.float32)

@@ -139,8 +139,9 @@ class H5Reader(ClosingReader):
             if status is not None and status > 0:
                 raise ModelpressError(
                     f"the HDF5 reader process stopped (exit status {status}) before it "
-                    "answered; it is a fresh Python that imports your main module again, so "
-                    "from a script call modelpress under `if __name__ == \"__main__\":`",
+                    "answered; most often because it is a fresh Python that imports your main "
+                    "module again: from a script, call modelpress under "
+                    "`if __name__ == \"__main__\":`",
                     path=self.path) from None
             raise FormatError("the HDF5 library crashed reading it; the file is damaged",
                               path=self.path) from None

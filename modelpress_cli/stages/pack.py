@@ -60,6 +60,8 @@ class SparsePack(Stage):
         out = {k: v for k, v in parts.items() if k not in (self.part, "mask", "gaps")}
         if "mask" in parts:
             mask = parts["mask"]
+            if mask.dtype != np.bool_:  # the kernel below trusts one count per true entry
+                raise FormatError(f"sparse mask must be bool, not {mask.dtype}")
             if mask.size != prod(shape) or np.count_nonzero(mask) != kept.size:
                 raise IntegrityError(f"sparse bitmap of {mask.size} entries marks "
                                      f"{np.count_nonzero(mask)} kept, {kept.size} stored")

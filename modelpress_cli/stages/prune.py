@@ -40,7 +40,8 @@ class MagnitudePrune(Stage):
         below t and as many of the weights equal to t as the count needs, first ones first,
         in one compiled pass. Magnitudes are float32 for 16-bit floats: numpy partitions
         bfloat16 through a generic compare, 15 times slower."""
-        flat = parts["values"].reshape(-1).copy()
+        values = parts["values"]
+        flat = values.reshape(-1).astype(values.dtype.newbyteorder("="))  # a native copy
         k = round(self.sparsity * flat.size)
         if k:
             magnitudes = _magnitudes(flat)
@@ -49,9 +50,9 @@ class MagnitudePrune(Stage):
             del magnitudes
             wide = kernels.native(flat)
             kernels.zero_smallest(wide, threshold, k)
-            if wide is not flat:  # a 16-bit tensor: its own bits follow the float32 copy's
+            if wide is not flat:  # float16/bfloat16: its own bits follow the float32 copy's
                 kernels.carry_zeros(wide.view(np.uint32), flat.view(np.uint16))
-        return {**parts, "values": flat.reshape(parts["values"].shape)}
+        return {**parts, "values": flat.reshape(values.shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         return parts  # lossy by design: the zeros travel as ordinary values
