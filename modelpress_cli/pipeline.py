@@ -381,6 +381,12 @@ def measure(x: np.ndarray, y: np.ndarray, lossy: bool, *, chunk: int = 1 << 20) 
     xf, yf = x.reshape(-1), y.reshape(-1)
     if lossy and x.dtype in (np.float32, np.float64) and y.dtype == x.dtype:
         return ErrorStats(*kernels.error_sums(xf, yf))  # one compiled pass, float64 sums
+    if lossy and x.dtype.name in ("float16", "bfloat16") and y.dtype == x.dtype:
+        for start in range(0, xf.size, chunk):  # widened exactly, a chunk at a time
+            sums = kernels.error_sums(kernels.native(xf[start:start + chunk]),
+                                      kernels.native(yf[start:start + chunk]))
+            ref, err, peak = ref + sums[0], err + sums[1], max(peak, sums[2])
+        return ErrorStats(ref, err, peak)
     # Huge float64 weights saturate the sums to inf; float8 NaNs cast with a warning: both fine.
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, prod(x.shape), chunk):

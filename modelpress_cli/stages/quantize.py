@@ -136,7 +136,7 @@ class UniformQuantize(Stage):
             raise ConfigError(f"super group must be 1 to 65536 groups, got {self.super_group!r}")
 
     def encode(self, parts: Parts) -> Parts:
-        return self.encode_measured(parts)[0]
+        return self._encode(parts, measure=False)[0]
 
     def measures_itself(self, dtype) -> bool:
         """Whether encode_measured measures a tensor of `dtype` as it encodes it: float32,
@@ -149,6 +149,11 @@ class UniformQuantize(Stage):
         decodes each group as it writes it, down to the decoder's final cast (bit-for-bit
         decode's values). They are (Σx², Σ(y−x)², max|y−x|, count of y == 0, max|x|); the
         last is inf or nan when x holds an Inf or NaN, and then the others mean nothing."""
+        return self._encode(parts, measure=True)
+
+    def _encode(self, parts: Parts, measure: bool) -> tuple[Parts, tuple | None]:
+        """encode_measured; without `measure`, 16-bit tensors skip their rounded-error pass
+        (float32 errors come free with the codes)."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
         g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False), group)
@@ -166,7 +171,7 @@ class UniformQuantize(Stage):
 
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
-            round_to = kernels.ROUND_TO.get(x.dtype.name)
+            round_to = kernels.ROUND_TO.get(x.dtype.name) if measure else None
             limit = largest_scale(x.dtype, lo)
 
             def work(k: slice) -> tuple:
@@ -177,7 +182,7 @@ class UniformQuantize(Stage):
 
             sums = split(work)
             out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
-            if self.measures_itself(x.dtype):
+            if measure and self.measures_itself(x.dtype):
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
                 top = np.array(max(s[4] for s in sums), np.uint32).view(np.float32)
                 errors = (sum(s[0] for s in sums), sum(s[1] for s in sums),
