@@ -503,6 +503,70 @@ def carry_zeros(wide_bits, bits):
         bits[i] = zero if wide_bits[i] == 0 else bits[i]
 
 
+@numba.njit(**JIT)
+def keep_largest(values, m, n):
+    """In place on float `values`, read as runs of m: set to +0.0 all but the n largest
+    |values| of each run, ties kept by position (earlier first)."""
+    zero = values.dtype.type(0)
+    magnitudes = np.empty(m, values.dtype)
+    for start in range(0, values.size - m + 1, m):
+        for j in range(m):
+            magnitudes[j] = abs(values[start + j])
+        for j in range(m):
+            rank = 0  # entries that come before this one: larger, or as large and earlier
+            for k in range(m):
+                rank += magnitudes[k] > magnitudes[j] or (
+                    magnitudes[k] == magnitudes[j] and k < j)
+            if rank >= n:
+                values[start + j] = zero
+
+
+@numba.njit(**JIT)
+def nm_select(bits, m, n, kept, positions):
+    """For each run of m entries of `bits` (a part's unsigned view), the positions of its n
+    kept entries into `positions` (runs, n), ascending, and the entries into `kept`: every
+    entry whose bits are not all zero, then the earliest zero ones to make n. False if a run
+    has more than n non-zero entries."""
+    for r in range(positions.shape[0]):
+        base = r * m
+        count = 0
+        for j in range(m):
+            if bits[base + j] != 0:
+                if count < n:
+                    positions[r, count] = j
+                count += 1
+        if count > n:
+            return False
+        for j in range(m):
+            if count >= n:
+                break
+            if bits[base + j] == 0:
+                positions[r, count] = j
+                count += 1
+        for a in range(1, n):  # insertion sort: n is at most 15
+            v = positions[r, a]
+            b = a - 1
+            while b >= 0 and positions[r, b] > v:
+                positions[r, b + 1] = positions[r, b]
+                b -= 1
+            positions[r, b + 1] = v
+        for a in range(n):
+            kept[r, a] = bits[base + positions[r, a]]
+    return True
+
+
+@numba.njit(**JIT)
+def nm_scatter(kept, positions, dense):
+    """The inverse of nm_select into `dense` (runs, m), zeroed first; the caller has checked
+    that every position is below m."""
+    zero = dense.dtype.type(0)
+    for r in range(dense.shape[0]):
+        for j in range(dense.shape[1]):
+            dense[r, j] = zero
+        for a in range(positions.shape[1]):
+            dense[r, positions[r, a]] = kept[r, a]
+
+
 @numba.njit(**FAST)
 def error_sums(x, y):
     """(Σx², Σ(y−x)², max|y−x|) in float64, one pass in runs of 4096; NaN-free inputs."""

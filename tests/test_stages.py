@@ -229,6 +229,40 @@ def test_sparse_pack_restores_every_bit(dtype, zero_fraction, layout):
     assert y.dtype == x.dtype and y.shape == x.shape and y.tobytes() == x.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float32", ">f4", "float64", "float16", "bfloat16"])
+def test_n_m_prune_keeps_the_largest_of_each_run_ties_by_position(dtype):
+    rng = np.random.default_rng(4)
+    x = np.round(rng.normal(size=(64, 32)) * 4) / 4  # coarse values: many ties in a run
+    x[0, :4] = [1, -1, 1, 0.5]
+    x = x.astype(DTYPES.get(dtype, dtype))
+    y = StructuredPrune(2, 4).encode({"values": x})["values"]
+    runs, mags = y.reshape(-1, 4), np.abs(x.astype(np.float64)).reshape(-1, 4)
+    rank = ((mags[:, None, :] > mags[:, :, None]) | ((mags[:, None, :] == mags[:, :, None])
+            & (np.arange(4)[None, None, :] < np.arange(4)[None, :, None]))).sum(axis=2)
+    want = np.where(rank < 2, x.reshape(-1, 4), 0).astype(y.dtype)
+    assert y.dtype == x.dtype.newbyteorder("=") and runs.tobytes() == want.tobytes()
+    assert runs[0].tolist() == [1, -1, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float64", "bfloat16"])
+def test_n_m_pack_restores_every_bit_and_refuses_bad_positions(dtype):
+    x = np.random.default_rng(5).normal(size=(16, 64)).astype(np.float64)
+    x = (np.abs(x) * 40).astype(np.uint8) if dtype == "uint8" else x.astype(DTYPES[dtype])
+    x = StructuredPrune(2, 4).encode({"values": x})["values"]
+    if dtype != "uint8":
+        x[0, :4] = [-0.0, 0, 0, 1.0]  # a -0.0 kept as it is, beside a run's zero padding
+    stage = StructuredPack("values", 2, 4)
+    parts = stage.encode({"values": x})
+    assert parts["positions"].dtype == np.uint8 and parts["values"].shape == (256, 2)
+    if dtype != "uint8":  # -0.0 is not all-zero bits: it is stored, the +0.0 are not
+        assert parts["positions"][0].tolist() == [0, 3]
+    y = stage.decode(parts, x.shape, x.dtype)["values"]
+    assert y.dtype == x.dtype and y.tobytes() == x.tobytes()
+    with pytest.raises(FormatError, match="positions must be uint8"):
+        stage.decode({**parts, "positions": parts["positions"].astype(np.int64)}, x.shape,
+                     x.dtype)
+
+
 def test_a_sparse_mask_that_is_not_bool_is_refused():
     """A crafted file's mask of another dtype must not reach the compiled scatter, which
     trusts one kept entry per true mask entry."""

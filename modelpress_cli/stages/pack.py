@@ -145,14 +145,20 @@ class StructuredPack(Stage):
                               f"{self.part!r} {self.n}:{self.m}")
 
     def encode(self, parts: Parts) -> Parts:
-        runs = parts[self.part].reshape(-1, self.m)
-        # Non-zero entries first (stable: earlier positions win ties), then ascending order.
-        keep = np.sort(np.argsort(runs == 0, axis=1, kind="stable")[:, :self.n], axis=1)
-        kept = np.take_along_axis(runs, keep, axis=1)
-        if np.count_nonzero(runs) != np.count_nonzero(kept):
+        """Zero is all-zero bits (a -0.0 is kept); runs with fewer than n non-zeros keep
+        their earliest zeros too, so that every run stores n."""
+        values = np.ascontiguousarray(parts[self.part]).reshape(-1)
+        if values.size % self.m:
+            raise ConfigError(f"{values.size} entries are not runs of {self.m}")
+        runs = values.size // self.m
+        kept = np.empty((runs, self.n), values.dtype)
+        positions = np.empty((runs, self.n), np.uint8)
+        unsigned = f"u{values.itemsize}"
+        if not kernels.nm_select(values.view(unsigned), self.m, self.n, kept.view(unsigned),
+                                 positions):
             raise ConfigError(f"more than {self.n} non-zeros in a run of {self.m}: prune with "
                               f"the {self.n}:{self.m} pattern first")
-        return {**parts, self.part: kept, "positions": keep.astype(np.uint8)}
+        return {**parts, self.part: kept, "positions": positions}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         require(parts, self.part, "positions", stage=self.stage_id)
@@ -161,9 +167,14 @@ class StructuredPack(Stage):
         if prod(shape) % self.m or kept.size != runs * self.n or positions.shape != (
                 runs, self.n) or positions.max(initial=0) >= self.m:
             raise IntegrityError(f"{self.n}:{self.m} blocks do not fit shape {list(shape)}")
-        kept = kept.reshape(runs, self.n)  # byte planes hand kept values back flat
-        dense = np.zeros((runs, self.m), dtype=kept.dtype)
-        np.put_along_axis(dense, positions.astype(np.intp), kept, axis=1)
+        if positions.dtype != np.uint8 or kept.dtype.itemsize not in (1, 2, 4, 8):
+            raise FormatError(f"{self.n}:{self.m} positions must be uint8 and entries 1, 2, 4 "
+                              f"or 8 bytes, not {positions.dtype} and {kept.dtype}")
+        kept = np.ascontiguousarray(kept).reshape(runs, self.n)  # byte planes: flat
+        dense = np.empty((runs, self.m), dtype=kept.dtype)
+        unsigned = f"u{kept.itemsize}"
+        kernels.nm_scatter(kept.view(unsigned), np.ascontiguousarray(positions),
+                           dense.view(unsigned))
         out = {k: v for k, v in parts.items() if k != "positions"}
         return {**out, self.part: dense.reshape(shape)}
 

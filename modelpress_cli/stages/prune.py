@@ -18,6 +18,16 @@ def _magnitudes(values: np.ndarray) -> np.ndarray:
     return np.abs(wide) if wide is values else np.abs(wide, out=wide)
 
 
+def _carry_zeros(wide: np.ndarray, flat: np.ndarray) -> None:
+    """Zero `flat` where its float copy `wide` (kernels.native(flat)) was pruned to +0.0."""
+    if wide is flat:
+        return
+    if flat.dtype.name in ("float16", "bfloat16"):  # from the bits, in one compiled pass
+        kernels.carry_zeros(wide.view(np.uint32), flat.view(np.uint16))
+    else:  # integers and other types no plan prunes: numpy is enough
+        flat[wide.view(np.uint32 if wide.itemsize == 4 else np.uint64) == 0] = 0
+
+
 @register
 @dataclass(frozen=True)
 class MagnitudePrune(Stage):
@@ -50,8 +60,7 @@ class MagnitudePrune(Stage):
             del magnitudes
             wide = kernels.native(flat)
             kernels.zero_smallest(wide, threshold, k)
-            if wide is not flat:  # float16/bfloat16: its own bits follow the float32 copy's
-                kernels.carry_zeros(wide.view(np.uint32), flat.view(np.uint16))
+            _carry_zeros(wide, flat)
         return {**parts, "values": flat.reshape(values.shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
@@ -80,12 +89,15 @@ class StructuredPrune(Stage):
             raise ConfigError(f"N:M pattern needs 1 <= N < M <= 16, got {self.n}:{self.m}")
 
     def encode(self, parts: Parts) -> Parts:
+        """Ties go to the earlier position; the dropped entries become +0.0."""
         x = parts["values"]
-        runs = x.reshape(-1, self.m).copy()
-        drop = np.argpartition(np.abs(kernels.native(runs)), self.m - self.n - 1,
-                               axis=1)[:, :self.m - self.n]
-        np.put_along_axis(runs, drop, 0, axis=1)
-        return {**parts, "values": runs.reshape(x.shape)}
+        if x.size % self.m:
+            raise ConfigError(f"{x.size} values are not runs of {self.m}")
+        flat = x.reshape(-1).astype(x.dtype.newbyteorder("="))  # a native copy
+        wide = kernels.native(flat)
+        kernels.keep_largest(wide, self.m, self.n)
+        _carry_zeros(wide, flat)
+        return {**parts, "values": flat.reshape(x.shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         return parts  # lossy by design: the zeros travel as ordinary values
