@@ -506,12 +506,14 @@ def carry_zeros(wide_bits, bits):
 @numba.njit(**JIT)
 def keep_largest(values, m, n):
     """In place on float `values`, read as runs of m: set to +0.0 all but the n largest
-    |values| of each run, ties kept by position (earlier first)."""
+    |values| of each run, ties kept by position (earlier first); a NaN counts as larger
+    than any number, so that exactly n stay."""
     zero = values.dtype.type(0)
     magnitudes = np.empty(m, values.dtype)
     for start in range(0, values.size - m + 1, m):
         for j in range(m):
-            magnitudes[j] = abs(values[start + j])
+            a = abs(values[start + j])
+            magnitudes[j] = a if a == a else np.inf
         for j in range(m):
             rank = 0  # entries that come before this one: larger, or as large and earlier
             for k in range(m):

@@ -385,7 +385,7 @@ def measure(x: np.ndarray, y: np.ndarray, lossy: bool, *, chunk: int = 1 << 20) 
         for start in range(0, xf.size, chunk):  # widened exactly, a chunk at a time
             sums = kernels.error_sums(kernels.native(xf[start:start + chunk]),
                                       kernels.native(yf[start:start + chunk]))
-            ref, err, peak = ref + sums[0], err + sums[1], max(peak, sums[2])
+            ref, err, peak = ref + sums[0], err + sums[1], float(np.maximum(peak, sums[2]))
         return ErrorStats(ref, err, peak)
     # Huge float64 weights saturate the sums to inf; float8 NaNs cast with a warning: both fine.
     with np.errstate(over="ignore", invalid="ignore"):

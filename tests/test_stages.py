@@ -242,6 +242,8 @@ def test_n_m_prune_keeps_the_largest_of_each_run_ties_by_position(dtype):
     want = np.where(rank < 2, x.reshape(-1, 4), 0).astype(y.dtype)
     assert y.dtype == x.dtype.newbyteorder("=") and runs.tobytes() == want.tobytes()
     assert runs[0].tolist() == [1, -1, 0, 0]
+    nan = StructuredPrune(2, 4).encode({"values": np.array([np.nan, 1, 2, 3], x.dtype)})
+    assert np.isnan(nan["values"][0]) and nan["values"][1:].tolist() == [0, 0, 3]
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32", "float64", "bfloat16"])
