@@ -18,6 +18,12 @@ from .base import Parts, Stage, register, require
 GAP_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 
 
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The array's entries as unsigned integers of their width: what the compiled layouts
+    move (any dtype of 1, 2, 4 or 8 bytes), and zero exactly when all bits are zero."""
+    return array.view(f"u{array.itemsize}")
+
+
 @register
 @dataclass(frozen=True)
 class SparsePack(Stage):
@@ -40,7 +46,7 @@ class SparsePack(Stage):
         """Zero is all-zero bits, so -0.0 is kept as it is. A bitmap takes n/8 bytes, gaps at
         least one a kept entry: only below n/8 kept entries are gaps worth computing."""
         dense = np.ascontiguousarray(parts[self.part]).reshape(-1)
-        bits = dense.view(f"u{dense.itemsize}")
+        bits = _bits(dense)
         count = int(np.count_nonzero(bits))
         out = {k: v for k, v in parts.items() if k != self.part}
         if count < -(-dense.size // 8):
@@ -51,7 +57,7 @@ class SparsePack(Stage):
                 return {**out, self.part: dense[positions], "gaps": gaps.astype(gap_dtype)}
         kept = np.empty(count, dense.dtype)
         mask = np.empty(dense.size, np.bool_)
-        kernels.sparse_split(bits, kept.view(bits.dtype), mask)
+        kernels.sparse_split(bits, _bits(kept), mask)
         return {**out, self.part: kept, "mask": mask.reshape(parts[self.part].shape)}
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
@@ -67,9 +73,7 @@ class SparsePack(Stage):
                                      f"{np.count_nonzero(mask)} kept, {kept.size} stored")
             kept = np.ascontiguousarray(kept).reshape(-1)
             dense = np.empty(mask.size, dtype=kept.dtype)
-            unsigned = f"u{kept.itemsize}"
-            kernels.sparse_fill(np.ascontiguousarray(mask).reshape(-1), kept.view(unsigned),
-                                dense.view(unsigned))
+            kernels.sparse_fill(np.ascontiguousarray(mask).reshape(-1), _bits(kept), _bits(dense))
             return {**out, self.part: dense.reshape(shape)}
         require(parts, "gaps", stage=self.stage_id)
         positions = np.cumsum(parts["gaps"].astype(np.uint64) + 1, dtype=np.uint64)
@@ -153,9 +157,7 @@ class StructuredPack(Stage):
         runs = values.size // self.m
         kept = np.empty((runs, self.n), values.dtype)
         positions = np.empty((runs, self.n), np.uint8)
-        unsigned = f"u{values.itemsize}"
-        if not kernels.nm_select(values.view(unsigned), self.m, self.n, kept.view(unsigned),
-                                 positions):
+        if not kernels.nm_select(_bits(values), self.m, self.n, _bits(kept), positions):
             raise ConfigError(f"more than {self.n} non-zeros in a run of {self.m}: prune with "
                               f"the {self.n}:{self.m} pattern first")
         return {**parts, self.part: kept, "positions": positions}
@@ -172,9 +174,7 @@ class StructuredPack(Stage):
                               f"or 8 bytes, not {positions.dtype} and {kept.dtype}")
         kept = np.ascontiguousarray(kept).reshape(runs, self.n)  # byte planes: flat
         dense = np.empty((runs, self.m), dtype=kept.dtype)
-        unsigned = f"u{kept.itemsize}"
-        kernels.nm_scatter(kept.view(unsigned), np.ascontiguousarray(positions),
-                           dense.view(unsigned))
+        kernels.nm_scatter(_bits(kept), np.ascontiguousarray(positions), _bits(dense))
         out = {k: v for k, v in parts.items() if k != "positions"}
         return {**out, self.part: dense.reshape(shape)}
 
