@@ -155,23 +155,32 @@ def _best_scale(groups, i, peak, lo, hi, ratios, refine):
 
 
 @numba.njit(**INLINE)
+def _float16_value(v):
+    """float32 v rounded to the nearest float16 value, ties to even, as numpy's cast does
+    (beyond 65504, ±inf), kept as a float32. From the bits (numba has no float16): normal
+    float16 values keep float32's top 11 significant bits; below 2**-14 the step is a
+    fixed 2**-24."""
+    bits = _float32_bits(v)
+    if bits & np.uint32(0x7FFFFFFF) < np.uint32(0x38800000):  # |v| < 2**-14
+        return np.float32(np.rint(v * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24)
+    r = _float32_of_bits((bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1)))
+                         & np.uint32(0xFFFFE000))
+    if abs(r) <= np.float32(65504.0):
+        return r
+    return np.float32(np.inf) if r > 0 else np.float32(-np.inf)
+
+
+@numba.njit(**INLINE)
 def nearest_float16(s):
     """float32 s rounded to the nearest float16 value (ties to even; 65504 at most), or to
     the smallest one of its sign if it would round to 0: a group of tiny weights keeps a
-    usable step. From the bits (numba has no float16): normal float16 values keep float32's
-    top 11 significant bits; below 2**-14 the step is a fixed 2**-24."""
+    usable step."""
     if s == 0:
         return np.float32(0.0)
-    bits = _float32_bits(s)
-    magnitude = bits & np.uint32(0x7FFFFFFF)
-    if magnitude >= np.uint32(0x38800000):  # 2**-14, float16's smallest normal value
-        magnitude = (magnitude + np.uint32(0xFFF) + ((magnitude >> np.uint32(13)) &
-                                                     np.uint32(1))) & np.uint32(0xFFFFE000)
-        return _float32_of_bits(min(magnitude, np.uint32(0x477FE000)) |  # 65504
-                                (bits & np.uint32(0x80000000)))
-    r = np.float32(np.rint(abs(s) * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24)
-    r = max(r, np.float32(2.0 ** -24))
-    return -r if s < 0 else r
+    r = _float16_value(s)
+    if r == 0:
+        r = np.float32(2.0 ** -24) if s > 0 else np.float32(-2.0 ** -24)
+    return min(max(r, np.float32(-65504.0)), np.float32(65504.0))
 
 
 #: What the decoded float32 values are cast to: round_to codes for rounded_errors.
@@ -188,20 +197,9 @@ def _round_decoded(values, bits, round_to):
             b = bits[j]
             bits[j] = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) \
                 & np.uint32(0xFFFF0000)
-    elif round_to == 2:  # 11 significant bits, and a fixed 2**-24 step below 2**-14
-        for j in range(bits.size):
-            b = bits[j]
-            normal = (b + np.uint32(0xFFF) + ((b >> np.uint32(13)) & np.uint32(1))) \
-                & np.uint32(0xFFFFE000)
-            tiny = (b & np.uint32(0x7FFFFFFF)) < np.uint32(0x38800000)  # |v| < 2**-14
-            small = np.float32(np.rint(values[j] * np.float32(2.0 ** 24)) *
-                               np.float32(2.0 ** -24))
-            if tiny:
-                values[j] = small
-            else:
-                bits[j] = normal
-            if abs(values[j]) > np.float32(65504.0):
-                values[j] = np.float32(np.inf) if values[j] > 0 else np.float32(-np.inf)
+    elif round_to == 2:
+        for j in range(values.size):
+            values[j] = _float16_value(values[j])
 
 
 @numba.njit(**FAST)
