@@ -34,6 +34,7 @@ from .formats.base import (
     drop_pages,
     strict_json,
 )
+from .outfile import OutputFile
 from .stages.base import Stage, decode_chain, describe_chain, stage_from_config
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"
@@ -108,7 +109,7 @@ class MpzWriter:
 
     def __init__(self, path: str | os.PathLike, source: dict[str, Any]) -> None:
         self.path = Path(path)
-        self._file: BinaryIO = open(self.path, "w+b")  # read back by holds()
+        self._file = OutputFile(self.path)
         self._file.write(HEADER.pack(MAGIC, VERSION, 0))
         self._entries: list[dict[str, Any]] = []
         self._placed: dict[str, dict[str, dict[str, Any]]] = {}
@@ -138,14 +139,13 @@ class MpzWriter:
         placed = self._placed[name]
         if placed.keys() != blocks.keys():
             return False
-        self._file.flush()
         for part, (_, payload) in blocks.items():
             where, data = placed[part], memoryview(payload).cast("B")
             if where["length"] != len(data):
                 return False
             for start in range(0, len(data), COMPARE_BYTES):
                 piece = data[start:start + COMPARE_BYTES]
-                if os.pread(self._file.fileno(), len(piece), where["offset"] + start) != piece:
+                if self._file.read_at(where["offset"] + start, len(piece)) != piece:
                     return False
         return True
 
@@ -166,7 +166,7 @@ class MpzWriter:
         return size
 
     def abort(self) -> None:
-        self._file.close()
+        self._file.abort()
 
 
 def _check_no_overlap(entries: dict[str, Entry]) -> None:

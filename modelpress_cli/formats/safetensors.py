@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FormatError
+from ..outfile import OutputFile
 from .base import (
     DTYPES,
     ClosingReader,
@@ -162,7 +163,7 @@ def write_safetensors(path: str | os.PathLike, reader: TensorReader,
         offset += info.n_bytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # pad like the reference writer: data starts 8-aligned
-    with open(path, "wb") as f:
+    with OutputFile(path) as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for info in infos:
             f.write(memoryview(np.ascontiguousarray(reader.read(info.name)).reshape(-1)
