@@ -29,22 +29,31 @@ IN_FLIGHT = 2
 class OutputFile:
     """A new binary file written front to back: write(), tell(), read_at() and close().
 
-    Errors of the writer thread (a full disk) are raised by the next call that waits for it.
+    An error of the writer thread (a full disk) is raised by the next call that waits for it,
+    and by every call after; abort() then cleans up. A closed file refuses writes and reads.
     """
 
     def __init__(self, path: str | os.PathLike, *, chunk_bytes: int = CHUNK_BYTES) -> None:
         if chunk_bytes <= 0 or chunk_bytes % ALIGN:
             raise ValueError(f"chunk_bytes must be a positive multiple of {ALIGN}")
         self._chunk_bytes = chunk_bytes
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._read_fd = os.open(path, os.O_RDONLY)
-        self._direct_fd = _open_direct(path)
-        self._fds = [fd for fd in (self._fd, self._read_fd, self._direct_fd) if fd is not None]
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="modelpress-write")
+        self._fds: list[int] = []
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)  # read_at too
+            self._fds.append(self._fd)
+            self._direct_fd = _open_direct(path)
+            if self._direct_fd is not None:
+                self._fds.append(self._direct_fd)
+            self._chunk = mmap.mmap(-1, chunk_bytes)  # anonymous maps are page-aligned
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="modelpress-write")
+        except BaseException:
+            self._release()
+            raise
         self._pending: collections.deque[Future] = collections.deque()
         self._spare: list[mmap.mmap] = []
+        self._error: BaseException | None = None  # the writer's first, raised from then on
         self._direct_refused = False  # set by the writer thread only
-        self._chunk = mmap.mmap(-1, chunk_bytes)  # anonymous maps are page-aligned
         self._chunk_offset = 0  # where self._chunk goes in the file
         self._used = 0  # bytes of self._chunk filled
 
@@ -58,6 +67,7 @@ class OutputFile:
             self.abort()
 
     def write(self, data) -> int:
+        self._check()
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
@@ -70,6 +80,7 @@ class OutputFile:
         return done
 
     def tell(self) -> int:
+        self._check()
         return self._chunk_offset + self._used
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -80,17 +91,24 @@ class OutputFile:
         self._wait(0)
         start = self._chunk_offset
         on_disk = max(0, min(n, start - offset))
-        head = os.pread(self._read_fd, on_disk, offset) if on_disk else b""
-        if len(head) != on_disk:  # the file was cut short under us
-            raise OSError(errno.EIO, f"read {len(head)} of {on_disk} bytes written at {offset}")
+        head = b""
+        while len(head) < on_disk:  # pread returns at most about 2 GiB a call
+            piece = os.pread(self._fd, on_disk - len(head), offset + len(head))
+            if not piece:  # the file was cut short under us
+                raise OSError(errno.EIO, f"read {len(head)} of {on_disk} bytes at {offset}")
+            head += piece
         if len(head) == n:
             return head
         at = offset + len(head) - start
         return head + self._chunk[at:at + n - len(head)]
 
     def close(self) -> None:
-        """Write what is left, wait for the writer thread and close the file."""
+        """Write what is left, wait for the writer thread and close the file (once: a
+        closed file stays closed)."""
+        if not self._fds:
+            return
         try:
+            self._check()
             if self._used:
                 self._hand_over()
             self._wait(0)
@@ -98,10 +116,17 @@ class OutputFile:
             self._release()
 
     def abort(self) -> None:
-        """Stop writing (the caller deletes the file); errors of the writer are ignored."""
-        for future in self._pending:
-            future.cancel()
+        """Stop writing (the caller deletes the file); errors of the writer are ignored.
+        Safe to call at any time, more than once."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self._release()
+
+    def _check(self) -> None:
+        if not self._fds:
+            raise ValueError("I/O operation on a closed OutputFile")
+        if self._error is not None:
+            raise self._error
 
     def _hand_over(self) -> None:
         """Give the filled chunk to the writer thread and start another."""
@@ -120,10 +145,10 @@ class OutputFile:
             if self._direct_fd is not None and not self._direct_refused and n % ALIGN == 0:
                 try:
                     done = os.pwrite(self._direct_fd, view, offset)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:  # a full disk, an I/O error: the caller's
+                except OSError as e:  # a full disk, an I/O error: the caller's
+                    if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                         raise
-                    self._direct_refused = True  # alignment the device does not take
+                    self._direct_refused = True  # alignment or direct I/O not taken here
                 done -= done % ALIGN  # a short direct write: the rest goes the other way
             while done < n:
                 written = os.pwrite(self._fd, view[done:], offset + done)
@@ -134,15 +159,26 @@ class OutputFile:
         return chunk
 
     def _wait(self, at_most: int) -> None:
+        """Until at most `at_most` chunks are with the writer thread; its error, if any."""
+        self._check()
         while len(self._pending) > at_most:
-            self._spare.append(self._pending.popleft().result())
+            try:
+                chunk = self._pending[0].result()
+            except Exception as e:  # not a Ctrl-C here: abort() waits for that chunk
+                self._error = e
+                raise
+            self._spare.append(chunk)
+            self._pending.popleft()
 
     def _release(self) -> None:
         """Stop the thread and close the descriptors, once."""
-        self._pool.shutdown(wait=True)
-        fds, self._fds = self._fds, []
-        for fd in fds:
-            os.close(fd)
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+        finally:
+            fds, self._fds = self._fds, []
+            for fd in fds:
+                os.close(fd)
 
 
 def _open_direct(path) -> int | None:

@@ -23,6 +23,21 @@ def test_bytes_land_in_order_across_chunks(tmp_path):
     assert path.read_bytes() == b"".join(pieces)
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
+def test_a_file_system_without_o_direct_gets_the_same_bytes():
+    """tmpfs refuses O_DIRECT: the chunks then go through the page cache."""
+    data = np.random.default_rng(2).integers(0, 256, 7 * ALIGN + 9, dtype=np.uint8).tobytes()
+    path = f"/dev/shm/modelpress-test-{os.getpid()}.bin"
+    try:
+        with OutputFile(path, chunk_bytes=2 * ALIGN) as f:
+            f.write(data)
+            assert f.read_at(3 * ALIGN, 2 * ALIGN) == data[3 * ALIGN:5 * ALIGN]
+        with open(path, "rb") as written:
+            assert written.read() == data
+    finally:
+        os.unlink(path)
+
+
 def test_numpy_arrays_are_written_as_their_bytes(tmp_path):
     x = np.arange(12000, dtype=np.float32).reshape(40, 300)
     path = tmp_path / "out.bin"
@@ -52,7 +67,22 @@ def test_a_write_error_reaches_the_caller():
         f.write(b"x" * (3 * ALIGN))
         f.close()
     assert caught.value.errno == errno.ENOSPC
-    f.abort()  # the caller's clean-up still works after the error
+    with pytest.raises(OSError) as again:  # every later call says so: no silent hole
+        f.close()
+    assert again.value.errno == errno.ENOSPC
+    f.abort()  # the caller's clean-up still works after the error, and twice
+    f.abort()
+
+
+def test_a_closed_file_refuses_writes_and_reads(tmp_path):
+    f = OutputFile(tmp_path / "out.bin", chunk_bytes=ALIGN)
+    f.write(b"z" * 10)
+    f.close()
+    f.close()  # closing again does nothing, as for a built-in file
+    for call in (lambda: f.write(b"more"), lambda: f.read_at(0, 1), f.tell):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    assert (tmp_path / "out.bin").read_bytes() == b"z" * 10
 
 
 def test_abort_stops_without_raising(tmp_path):
