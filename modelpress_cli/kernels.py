@@ -264,25 +264,6 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
 
 
 @numba.njit(**FAST)
-def _measure_group(row, decoded, gaps):
-    """(Σx², Σ(y−x)², count of y == 0, bits of max|y−x|) of one group and its y."""
-    ref = 0.0
-    err = 0.0
-    zeros = 0
-    for j in range(row.size):
-        a = np.float64(row[j])
-        d = np.float64(decoded[j]) - a
-        ref += a * a
-        err += d * d
-        zeros += decoded[j] == 0
-        gaps[j] = abs(d)
-    top = np.uint64(0)
-    for bits in gaps.view(np.uint64):  # non-negative floats order as their bits do
-        top = max(top, bits)
-    return ref, err, zeros, top
-
-
-@numba.njit(**FAST)
 def rounded_errors(groups, codes, scales, bits, round_to):
     """quantize_groups' figures for a 16-bit float tensor, from its codes: the decoder
     casts y to that dtype, so each y is rounded as the cast does (ROUND_TO) before it is
@@ -593,19 +574,17 @@ def nm_scatter(kept, positions, dense):
 
 @numba.njit(**FAST)
 def error_sums(x, y):
-    """(Σx², Σ(y−x)², max|y−x|) in float64, one pass in runs of 4096; NaN-free inputs."""
-    scratch = np.zeros(4096, np.float64)
+    """(Σx², Σ(y−x)², max|y−x|) in float64, one pass; NaN-free inputs."""
     ref = 0.0
     err = 0.0
-    top = np.zeros(1, np.uint64)
-    for start in range(0, x.size, scratch.size):
-        stop = min(start + scratch.size, x.size)
-        run_ref, run_err, _, run_top = _measure_group(x[start:stop], y[start:stop],
-                                                       scratch[:stop - start])
-        ref += run_ref
-        err += run_err
-        top[0] = max(top[0], run_top)
-    return ref, err, top.view(np.float64)[0]
+    top = np.uint64(0)  # bits of the largest |y−x|: integer maxima vectorise
+    for k in range(x.size):
+        a = np.float64(x[k])
+        d = np.float64(y[k]) - a
+        ref += a * a
+        err += d * d
+        top = max(top, _float64_bits(abs(d)))
+    return ref, err, _float64_of_bits(top)
 
 
 @numba.njit(**JIT)
