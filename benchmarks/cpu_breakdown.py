@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import modelpress_cli as mp  # noqa: E402
 from modelpress_cli import api, container, pipeline  # noqa: E402
-from modelpress_cli.stages import quantize  # noqa: E402
+from modelpress_cli.stages import prune, quantize  # noqa: E402
 
 SPENT: collections.Counter = collections.Counter()
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--prune", type=float, default=0.0)
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         warm = Path(tmp, "warm.npz")
@@ -63,11 +64,15 @@ def main() -> None:
         timed(container, "pack_bits", "bit-packing")
         timed(container.zlib, "crc32", "CRC-32")
         timed(api, "_write_tensor", "writing")
+        timed(prune.MagnitudePrune, "encode", "pruning")
+        timed(pipeline, "decode", "decoding back")  # paths that do not measure as they encode
+        timed(pipeline, "measure", "measuring")
         start, cpu = time.perf_counter(), time.process_time()
-        mp.compress(opts.model, Path(tmp, "out.mpz"), bits=opts.bits)
+        mp.compress(opts.model, Path(tmp, "out.mpz"), bits=opts.bits, prune=opts.prune)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    print(f"{opts.model.name}, --bits {opts.bits}: {os.path.getsize(opts.model) / wall / 1e6:.0f}"
-          f" MB/s, {wall:.2f} s wall, {cpu:.2f} s CPU ({cpu / wall:.0%} of one core)")
+    print(f"{opts.model.name}, --bits {opts.bits} --prune {opts.prune}: "
+          f"{os.path.getsize(opts.model) / wall / 1e6:.0f} MB/s, {wall:.2f} s wall, "
+          f"{cpu:.2f} s CPU ({cpu / wall:.0%} of one core)")
     for label, seconds in SPENT.most_common():
         print(f"  {label:18} {seconds:6.2f} s  {seconds / cpu:4.0%}")
     rest = cpu - sum(SPENT.values())

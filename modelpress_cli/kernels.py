@@ -476,6 +476,34 @@ def sparse_fill(mask, kept, dense):
 
 
 @numba.njit(**JIT)
+def kth_magnitude_bits(bits, k):
+    """The bits of the k-th smallest |x| (k from 1) of a float array given as its unsigned
+    integer view (uint32 or uint64): non-negative floats order as their bits do, and NaN
+    ranks above every number, as in numpy's sort. A radix select, 16 bits a round (two
+    passes over float32, four over float64): np.partition needed an absolute-value copy of
+    the tensor, and the two took 1.5 times as long."""
+    width = bits.itemsize * 8
+    magnitude = ~(np.uint64(1) << np.uint64(width - 1))  # clears the sign bit
+    counts = np.zeros(1 << 16, np.int64)
+    prefix = np.uint64(0)  # the answer's bits found so far, from the top
+    rank = k  # its rank among the values that share those bits
+    for shift in range(width - 16, -1, -16):
+        counts[:] = 0
+        above = np.uint64(shift + 16)
+        first = shift + 16 == width  # the first round: every value counts
+        for b in bits:
+            a = np.uint64(b) & magnitude
+            if first or a >> above == prefix >> above:
+                counts[(a >> np.uint64(shift)) & np.uint64(0xFFFF)] += 1
+        digit = 0
+        while rank > counts[digit]:
+            rank -= counts[digit]
+            digit += 1
+        prefix |= np.uint64(digit) << np.uint64(shift)
+    return prefix
+
+
+@numba.njit(**JIT)
 def zero_smallest(values, threshold, k):
     """Set to +0.0, in place, every entry of float `values` whose |value| is below
     `threshold`, then, first ones first, as many entries whose |value| equals it as make k

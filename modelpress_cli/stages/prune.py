@@ -12,12 +12,6 @@ from ..errors import ConfigError
 from .base import Parts, Stage, register
 
 
-def _magnitudes(values: np.ndarray) -> np.ndarray:
-    """|values| as a new float32 (or float64) array, with no second temporary."""
-    wide = kernels.native(values)
-    return np.abs(wide) if wide is values else np.abs(wide, out=wide)
-
-
 def _carry_zeros(wide: np.ndarray, flat: np.ndarray) -> None:
     """Zero `flat` where its float copy `wide` (kernels.native(flat)) was pruned to +0.0."""
     if wide is flat:
@@ -45,20 +39,18 @@ class MagnitudePrune(Stage):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
 
     def encode(self, parts: Parts) -> Parts:
-        """Find the k-th smallest magnitude t with an in-place partition (O(n), and no int64
-        index array, which would take twice a float32 tensor's memory); then zero everything
-        below t and as many of the weights equal to t as the count needs, first ones first,
-        in one compiled pass. Magnitudes are float32 for 16-bit floats: numpy partitions
-        bfloat16 through a generic compare, 15 times slower."""
+        """Find the k-th smallest magnitude t from the bits (a radix select: no copy of the
+        tensor, O(n)); then zero everything below t and as many of the weights equal to t
+        as the count needs, first ones first, in one compiled pass. 16-bit floats are
+        widened to float32 for both."""
         values = parts["values"]
         flat = values.reshape(-1).astype(values.dtype.newbyteorder("="))  # a native copy
         k = round(self.sparsity * flat.size)
         if k:
-            magnitudes = _magnitudes(flat)
-            magnitudes.partition(k - 1)
-            threshold = magnitudes[k - 1]
-            del magnitudes
             wide = kernels.native(flat)
+            unsigned = wide.view(np.uint32 if wide.itemsize == 4 else np.uint64)
+            threshold = np.array(kernels.kth_magnitude_bits(unsigned, k),
+                                 unsigned.dtype).view(wide.dtype)[()]
             kernels.zero_smallest(wide, threshold, k)
             _carry_zeros(wide, flat)
         return {**parts, "values": flat.reshape(values.shape)}
