@@ -198,6 +198,26 @@ def test_prune_zeroes_exactly_the_smallest_weights(x, sparsity):
         assert np.abs(x[pruned]).max() <= np.abs(x[~pruned & (x != 0)]).min(initial=np.inf)
 
 
+@given(values=st.lists(st.floats(width=64), min_size=1, max_size=300), data=st.data())
+def test_kth_magnitude_bits_is_the_kth_of_the_sorted_magnitudes(values, data):
+    """The radix select behind pruning picks numpy's k-th smallest |x|, NaN last, in every
+    round of bits (float64 values that differ only in their lowest bits included)."""
+    for dtype, unsigned in ((np.float64, np.uint64), (np.float32, np.uint32)):
+        with np.errstate(over="ignore"):
+            x = np.array(values).astype(dtype)
+        k = data.draw(st.integers(1, x.size))
+        want = np.sort(np.abs(x))[k - 1]
+        got = np.array(kernels.kth_magnitude_bits(x.view(unsigned), k), unsigned).view(dtype)
+        assert got == want or (np.isnan(got) and np.isnan(want))
+
+
+def test_kth_magnitude_bits_tells_apart_float64s_in_their_last_bits():
+    x = np.random.default_rng(5).permutation(-(1.0 + np.arange(40) * 2.0 ** -52))
+    for k in range(1, 41):
+        got = np.array(kernels.kth_magnitude_bits(x.view(np.uint64), k), np.uint64)
+        assert got.view(np.float64) == 1.0 + (k - 1) * 2.0 ** -52
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_prune_breaks_ties_by_position_and_keeps_survivors_bit_exact(dtype):
     """k = 2 of the three weights of magnitude 1 go, the first two in order; the others keep
