@@ -302,33 +302,52 @@ def encode(x: np.ndarray, stages: list[Stage]) -> dict[str, tuple[Block, bytes]]
 
 
 def _encode(x: np.ndarray, stages: list[Stage]) -> tuple[dict[str, tuple[Block, bytes]],
-                                                          tuple | None]:
-    """encode(), and the first stage's own measure of its decode (Stage.encode_measured)."""
+                                                          list[tuple | None]]:
+    """encode(), and the own measures (Stage.encode_measured) of the stages in
+    _measuring(stages), in order."""
     parts = {"values": x}
     bits: dict[str, int] = {}
-    measured = None
+    measures = []
+    measuring = _measuring(stages)
     for k, stage in enumerate(stages):
-        if k == 0:
+        if k in measuring:
             parts, measured = stage.encode_measured(parts)
+            measures.append(measured)
         else:
             parts = stage.encode(parts)
         bits.update(stage.part_bits())
     return {name: encode_block(array, bits.get(name)) for name, array in parts.items()}, \
-        measured
+        measures
+
+
+def _measuring(stages: list[Stage]) -> list[int]:
+    """The stages whose own measures give the tensor's, if each has one: the first stage,
+    when it is the only lossy one (later lossless ones give its output back exactly); or
+    magnitude pruning and the lossy stage right after it, when there is no other. Pruned
+    weights are stored as exact zeros, which that stage gives back exactly (symmetric codes,
+    the only stage that measures itself: code 0 is 0), so the two errors fall on different
+    weights and add up. Otherwise none: the stored bytes are decoded back and compared."""
+    lossy = [k for k, stage in enumerate(stages) if stage.lossy]
+    if lossy == [0, 1] and isinstance(stages[0], MagnitudePrune):
+        return lossy
+    return lossy if lossy == [0] else []
 
 
 def encode_measured(info: TensorInfo, x: np.ndarray, stages: list[Stage]) \
         -> tuple[dict[str, tuple[Block, bytes]], ErrorStats, float, float | None]:
     """Encode x, and measure what a reader will decode: its errors, its fraction of zeros,
     and x's largest |value| if the encoding saw it (else None; inf or nan if x holds an Inf
-    or NaN, and then nothing else returned means anything). The stored bytes are decoded
-    back and compared, unless the only lossy stage is the first and measured its own decode
-    as it encoded (the fused quantizer): later lossless stages give its output back
-    exactly, so decoding again would find the same."""
-    blocks, measured = _encode(x, stages)
-    if measured is not None and not any(s.lossy for s in stages[1:]):
-        ref, err, peak, zeros, seen = measured
-        return blocks, ErrorStats(ref, err, peak), zeros / x.size, seen
+    or NaN, and then nothing else returned means anything). The stages measure themselves
+    as they encode where they can (_measuring); otherwise the stored bytes are decoded back
+    and compared."""
+    blocks, measures = _encode(x, stages)
+    if len(measures) == 1 and measures[0] is not None:
+        ref, err, peak, zeros, *seen = measures[0]  # only the quantizer sees max|x|
+        return blocks, ErrorStats(ref, err, peak), zeros / x.size, seen[0] if seen else None
+    if len(measures) == 2 and None not in measures:  # pruning, then a quantizer
+        (ref, pruned_err, pruned_peak, _), (_, err, peak, zeros, _) = measures
+        return blocks, ErrorStats(ref, pruned_err + err, max(pruned_peak, peak)), \
+            zeros / x.size, None
     y = decode(blocks, stages, info)
     errors = measure(x, y, any(s.lossy for s in stages))
     zeros = float(np.count_nonzero(y == 0) / y.size) if y.size else 0.0

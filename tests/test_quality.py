@@ -148,6 +148,39 @@ def test_min_sqnr_holds_after_the_cast_to_a_16_bit_dtype(tmp_path, dtype):
         assert sqnr_db(x, mp.load(tmp_path / "m.mpz")["w"]) >= sqnr
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("options", [{"prune": 0.5}, {"prune": 0.3, "bits": 4},
+                                     {"prune": 0.7, "bits": 8}])
+def test_pruned_tensors_report_what_the_reader_decodes(tmp_path, dtype, options):
+    """Pruning and the quantizer after it each measure their own loss as they encode, and
+    the two are added (pruned weights are stored as exact zeros): the report must still
+    give the decoded weights' own figures."""
+    from modelpress_cli.formats.base import DTYPES, TensorInfo
+    from modelpress_cli.formats.safetensors import write_safetensors
+    x = np.random.default_rng(6).normal(0, 0.02, (192, 320)).astype(DTYPES[dtype])
+    x[0, :4] = [0, -0.0, 0, 1e-9]  # zeros before pruning, and a tie at the bottom
+
+    class One:  # the smallest reader write_safetensors needs
+        format, metadata = "npz", {}
+
+        def infos(self):
+            return iter([TensorInfo("w", x.shape, dtype)])
+
+        def read(self, name):
+            return x
+
+    src = tmp_path / "m.safetensors"
+    write_safetensors(src, One(), lambda message: None)
+    row = mp.compress(src, tmp_path / "m.mpz", **options).rows[0]
+    y = mp.load(tmp_path / "m.mpz")["w"]
+    assert "prune" in row.method
+    xf, yf = x.astype(np.float64), y.astype(np.float64)
+    assert row.errors.sum_sq_ref == pytest.approx((xf ** 2).sum(), rel=1e-12)
+    assert row.errors.sum_sq_err == pytest.approx(((yf - xf) ** 2).sum(), rel=1e-12)
+    assert row.errors.max_abs == np.abs(yf - xf).max()
+    assert row.sparsity == np.count_nonzero(y == 0) / y.size
+
+
 def test_tiny_weights_keep_a_usable_scale(tmp_path):
     x = np.random.default_rng(4).normal(0, 1e-7, (64, 256)).astype(np.float32)
     np.savez(tmp_path / "t.npz", w=x)

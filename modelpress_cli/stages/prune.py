@@ -39,21 +39,27 @@ class MagnitudePrune(Stage):
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
 
     def encode(self, parts: Parts) -> Parts:
+        return self.encode_measured(parts)[0]
+
+    def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
         """Find the k-th smallest magnitude t from the bits (a radix select: no copy of the
         tensor, O(n)); then zero everything below t and as many of the weights equal to t
-        as the count needs, first ones first, in one compiled pass. 16-bit floats are
-        widened to float32 for both."""
+        as the count needs, first ones first, in one compiled pass, which also sums what
+        was zeroed. 16-bit floats are widened to float32 for both. Measured as
+        Stage.encode_measured says: decode gives the pruned values back, so the error is
+        that of the pruned weights. None if no weight is pruned."""
         values = parts["values"]
         flat = values.reshape(-1).astype(values.dtype.newbyteorder("="))  # a native copy
         k = round(self.sparsity * flat.size)
+        measured = None
         if k:
             wide = kernels.native(flat)
             unsigned = wide.view(np.uint32 if wide.itemsize == 4 else np.uint64)
             threshold = np.array(kernels.kth_magnitude_bits(unsigned, k),
                                  unsigned.dtype).view(wide.dtype)[()]
-            kernels.zero_smallest(wide, threshold, k)
+            measured = kernels.zero_smallest(wide, threshold, k)
             _carry_zeros(wide, flat)
-        return {**parts, "values": flat.reshape(values.shape)}
+        return {**parts, "values": flat.reshape(values.shape)}, measured
 
     def decode(self, parts: Parts, shape, dtype) -> Parts:
         return parts  # lossy by design: the zeros travel as ordinary values
