@@ -339,12 +339,16 @@ def encode_measured(info: TensorInfo, x: np.ndarray, stages: list[Stage]) \
     and x's largest |value| if the encoding saw it (else None; inf or nan if x holds an Inf
     or NaN, and then nothing else returned means anything). The stages measure themselves
     as they encode where they can (_measuring); otherwise the stored bytes are decoded back
-    and compared."""
+    and compared. A chain that starts with pruning measures correctly only finite tensors:
+    api.py scans such a tensor first and keeps one that holds an Inf or NaN exact."""
     blocks, measures = _encode(x, stages)
     if len(measures) == 1 and measures[0] is not None:
         ref, err, peak, zeros, *seen = measures[0]  # only the quantizer sees max|x|
         return blocks, ErrorStats(ref, err, peak), zeros / x.size, seen[0] if seen else None
-    if len(measures) == 2 and None not in measures:  # pruning, then a quantizer
+    if len(measures) == 2 and measures[1] is not None:  # pruning, then a quantizer
+        if measures[0] is None:  # nothing pruned: the quantizer was given x itself
+            ref, err, peak, zeros, _ = measures[1]
+            return blocks, ErrorStats(ref, err, peak), zeros / x.size, None
         (ref, pruned_err, pruned_peak, _), (_, err, peak, zeros, _) = measures
         return blocks, ErrorStats(ref, pruned_err + err, max(pruned_peak, peak)), \
             zeros / x.size, None

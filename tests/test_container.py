@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model, write_npz
+from conftest import model, write_npz, write_safetensors
 
 import modelpress_cli as mp
 from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
 from modelpress_cli.errors import FormatError, IntegrityError
-from modelpress_cli.formats.base import TensorInfo
+from modelpress_cli.formats.base import DTYPES, TensorInfo
 from modelpress_cli.parallel import RANGE_VALUES, THREADS
 from modelpress_cli.pipeline import scan
 
@@ -130,20 +130,23 @@ def test_the_same_input_gives_the_same_bytes_whatever_the_thread_count(tmp_path,
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-@pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 8, "scale_bits": 6},
-                                     {"min_sqnr": 30.0}])
-def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options):
+@pytest.mark.parametrize(("options", "dtype"), [
+    ({"bits": 4}, "float32"), ({"bits": 8, "scale_bits": 6}, "float32"),
+    ({"min_sqnr": 30.0}, "float32"), ({"bits": 4, "prune": 0.5}, "float32"),
+    ({"bits": 4}, "bfloat16"), ({"bits": 4, "prune": 0.5}, "bfloat16")])
+def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options, dtype):
     """Past parallel.RANGE_VALUES one tensor's kernels run on several threads; the report's
-    error sums, combined over ranges, are the same too."""
+    error sums, combined over ranges (pruning's and the quantizer's added), are the same
+    too."""
     assert 2048 * 1024 >= 2 * RANGE_VALUES
-    x = np.random.default_rng(4).normal(0, 0.02, (2048, 1024)).astype(np.float32)
-    src = write_npz(tmp_path / "m.npz", {"w": x})
+    x = np.random.default_rng(4).normal(0, 0.02, (2048, 1024)).astype(DTYPES[dtype])
+    src = write_safetensors(tmp_path / "m.safetensors", {"w": x})
     one = mp.compress(src, tmp_path / "t1.mpz", threads=1, **options)
     two = mp.compress(src, tmp_path / "t2.mpz", threads=2, **options)
     assert (tmp_path / "t1.mpz").read_bytes() == (tmp_path / "t2.mpz").read_bytes()
     assert one.rows[0].errors == two.rows[0].errors
-    y = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64)
-    sqnr = 10 * np.log10((x.astype(np.float64) ** 2).sum() / ((y - x) ** 2).sum())
+    y, xf = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64), x.astype(np.float64)
+    sqnr = 10 * np.log10((xf ** 2).sum() / ((y - xf) ** 2).sum())
     assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-9)
 
 

@@ -150,11 +150,11 @@ def test_min_sqnr_holds_after_the_cast_to_a_16_bit_dtype(tmp_path, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("options", [{"prune": 0.5}, {"prune": 0.3, "bits": 4},
-                                     {"prune": 0.7, "bits": 8}])
+                                     {"prune": 0.7, "bits": 8}, {"prune": 1e-6, "bits": 4}])
 def test_pruned_tensors_report_what_the_reader_decodes(tmp_path, dtype, options):
     """Pruning and the quantizer after it each measure their own loss as they encode, and
     the two are added (pruned weights are stored as exact zeros): the report must still
-    give the decoded weights' own figures."""
+    give the decoded weights' own figures, also when the sparsity rounds to no weight."""
     from modelpress_cli.formats.base import DTYPES, TensorInfo
     from modelpress_cli.formats.safetensors import write_safetensors
     x = np.random.default_rng(6).normal(0, 0.02, (192, 320)).astype(DTYPES[dtype])

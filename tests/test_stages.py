@@ -211,6 +211,13 @@ def test_kth_magnitude_bits_is_the_kth_of_the_sorted_magnitudes(values, data):
         assert got == want or (np.isnan(got) and np.isnan(want))
 
 
+def test_kth_magnitude_bits_refuses_a_rank_outside_the_array():
+    x = np.ones(3, np.float32).view(np.uint32)
+    for k in (0, 4):
+        with pytest.raises(ValueError, match="k must be from 1"):
+            kernels.kth_magnitude_bits(x, k)
+
+
 def test_kth_magnitude_bits_tells_apart_float64s_in_their_last_bits():
     x = np.random.default_rng(5).permutation(-(1.0 + np.arange(40) * 2.0 ** -52))
     for k in range(1, 41):
