@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_safetensors
 
 import modelpress_cli as mp
+from modelpress_cli.formats.base import DTYPES
 
 
 @pytest.fixture(scope="module")
@@ -127,22 +128,8 @@ def test_auto_tries_all_three_methods(tmp_path, gaussian, monkeypatch):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_min_sqnr_holds_after_the_cast_to_a_16_bit_dtype(tmp_path, dtype):
-    from modelpress_cli.formats.base import DTYPES
-    from modelpress_cli.formats.safetensors import write_safetensors
     x = np.random.default_rng(3).normal(0, 0.02, (256, 256)).astype(DTYPES[dtype])
-
-    class One:  # the smallest reader write_safetensors needs
-        format, metadata = "npz", {}
-
-        def infos(self):
-            from modelpress_cli.formats.base import TensorInfo
-            return iter([TensorInfo("w", x.shape, dtype)])
-
-        def read(self, name):
-            return x
-
-    src = tmp_path / "m.safetensors"
-    write_safetensors(src, One(), lambda message: None)
+    src = write_safetensors(tmp_path / "m.safetensors", {"w": x})
     for sqnr in (40.0, 50.0):
         mp.compress(src, tmp_path / "m.mpz", min_sqnr=sqnr, force=True)
         assert sqnr_db(x, mp.load(tmp_path / "m.mpz")["w"]) >= sqnr
@@ -155,22 +142,9 @@ def test_pruned_tensors_report_what_the_reader_decodes(tmp_path, dtype, options)
     """Pruning and the quantizer after it each measure their own loss as they encode, and
     the two are added (pruned weights are stored as exact zeros): the report must still
     give the decoded weights' own figures, also when the sparsity rounds to no weight."""
-    from modelpress_cli.formats.base import DTYPES, TensorInfo
-    from modelpress_cli.formats.safetensors import write_safetensors
     x = np.random.default_rng(6).normal(0, 0.02, (192, 320)).astype(DTYPES[dtype])
     x[0, :4] = [0, -0.0, 0, 1e-9]  # zeros before pruning, and a tie at the bottom
-
-    class One:  # the smallest reader write_safetensors needs
-        format, metadata = "npz", {}
-
-        def infos(self):
-            return iter([TensorInfo("w", x.shape, dtype)])
-
-        def read(self, name):
-            return x
-
-    src = tmp_path / "m.safetensors"
-    write_safetensors(src, One(), lambda message: None)
+    src = write_safetensors(tmp_path / "m.safetensors", {"w": x})
     row = mp.compress(src, tmp_path / "m.mpz", **options).rows[0]
     y = mp.load(tmp_path / "m.mpz")["w"]
     assert "prune" in row.method
