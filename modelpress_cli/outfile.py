@@ -6,8 +6,8 @@ those 4 GB did, and the disk then sat idle until the final fsync. `OutputFile` c
 is given into aligned 8 MiB chunks and a background thread writes them with O_DIRECT (1 s of
 kernel CPU for the same 4 GB), while the caller goes on encoding or decoding. Where O_DIRECT is
 missing or refused (macOS, tmpfs, some network file systems) the same thread writes the chunks
-through the page cache; the last partial chunk always goes that way. Files under one chunk are
-thus written the ordinary way.
+through the page cache, and so does a last chunk that is not a whole number of 4 KiB pages
+(O_DIRECT cannot write it).
 """
 
 from __future__ import annotations
