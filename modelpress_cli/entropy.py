@@ -5,24 +5,37 @@ from __future__ import annotations
 import zstandard
 
 from .errors import IntegrityError
+from .parallel import THREADS
 
 CODECS = ("none", "zstd")
 ZSTD_LEVEL = 1  # on codes and float byte planes as small as level 3, and twice as fast
 #: For quantized codes: matches are rare in them and zstd's Huffman stage does the work, so
 #: a shallow match search (level 1's strategy, one probe, 7-byte matches) gives the same
 #: bytes' worth of saving 20-25% faster (4- and 8-bit codes of Gaussian weights).
-CODES_PARAMS = zstandard.ZstdCompressionParameters(
-    window_log=17, hash_log=12, chain_log=12, search_log=1, min_match=7, target_length=0,
-    strategy=zstandard.STRATEGY_FAST)
+CODES = {"window_log": 17, "hash_log": 12, "chain_log": 12, "search_log": 1, "min_match": 7,
+         "target_length": 0, "strategy": zstandard.STRATEGY_FAST}
+#: Blocks this big are cut into jobs of JOB_BYTES that zstd's own threads code at once (one
+#: frame still, which any zstd decoder reads): a big tensor's block is otherwise coded on one
+#: core while the other waits for it. zstd's multi-threaded output is the same bytes for any
+#: number of threads (facebook/zstd#2238), so --threads changes no byte.
+SPLIT_BYTES = 8 << 20
+JOB_BYTES = 4 << 20
 
 
 def compress(raw: bytes | memoryview, codes: bool = False) -> tuple[str, bytes | memoryview]:
     """The smaller of `raw` itself and its zstd frame, with the codec's name; `codes` says
-    that raw holds quantized codes (see CODES_PARAMS)."""
+    that raw holds quantized codes (see CODES)."""
     if len(raw) < 64:
         return "none", raw
-    coder = zstandard.ZstdCompressor(compression_params=CODES_PARAMS) if codes else \
-        zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    split = {"threads": THREADS.get(), "job_size": JOB_BYTES} if len(raw) >= SPLIT_BYTES else {}
+    if codes:
+        coder = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
+            **CODES, **split))
+    elif split:
+        coder = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters
+                                         .from_level(ZSTD_LEVEL, source_size=len(raw), **split))
+    else:
+        coder = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     packed = coder.compress(raw)
     return ("zstd", packed) if len(packed) < len(raw) else ("none", raw)
 

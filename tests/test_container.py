@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from conftest import model, write_npz, write_safetensors
 
 import modelpress_cli as mp
+from modelpress_cli import entropy
 from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
+from modelpress_cli.entropy import SPLIT_BYTES
 from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import DTYPES, TensorInfo
 from modelpress_cli.parallel import RANGE_VALUES, THREADS
@@ -148,6 +151,29 @@ def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options,
     y, xf = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64), x.astype(np.float64)
     sqnr = 10 * np.log10((xf ** 2).sum() / ((y - xf) ** 2).sum())
     assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-5)  # float32 group sums
+
+
+@pytest.mark.parametrize("codes", [True, False])
+def test_a_big_block_is_zstd_coded_on_threads_to_the_same_bytes(codes):
+    """Past entropy.SPLIT_BYTES zstd codes a block in jobs on its own threads: the frame
+    must not depend on how many, must read back with a plain decoder, and must cost next to
+    nothing over one job."""
+    rng = np.random.default_rng(5)
+    n = SPLIT_BYTES + 12345
+    raw = (np.clip(rng.normal(0, 30, n), -128, 127).astype(np.int8).view(np.uint8) if codes
+           else rng.normal(0, 1, n // 4).astype(np.float32).view(np.uint8)).tobytes()
+    frames = []
+    for threads in (1, 2, 3):
+        token = THREADS.set(threads)
+        try:
+            frames.append(entropy.compress(memoryview(raw), codes=codes))
+        finally:
+            THREADS.reset(token)
+    assert frames[0] == frames[1] == frames[2] and frames[0][0] == "zstd"
+    assert zstandard.ZstdDecompressor().decompress(frames[0][1]) == raw
+    assert bytes(entropy.decompress("zstd", frames[0][1], len(raw))) == raw
+    whole = zstandard.ZstdCompressor(level=entropy.ZSTD_LEVEL).compress(raw)
+    assert len(frames[0][1]) <= len(whole) * 1.005
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
