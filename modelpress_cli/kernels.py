@@ -269,6 +269,55 @@ def _cast_value(y, round_to):
 
 #: Groups searched together, each step for all of them (_search_block).
 BLOCK = 32
+
+
+# quantize_groups takes float32 groups, or bfloat16 ones as their uint16 bits: those are
+# widened a block at a time into a scratch array the cache holds, rather than into a
+# float32 copy of the tensor (a pass that cost a third of the quantizer), and their codes
+# are measured after the decoder's final cast back to bfloat16. Each helper below has one
+# body per input type, chosen when numba compiles the caller: no branch at run time.
+def _block_of(groups, first, n, scratch):
+    """Rows first…first+n−1 of `groups` as float32: a view, or widened into scratch."""
+
+
+def _value(groups, i, j):
+    """groups[i, j] as float32."""
+
+
+def _decoded(y, groups):
+    """A decoded float32 value as the reader gets it: bfloat16 inputs are cast back."""
+
+
+def _bfloat16_bits(groups):
+    return isinstance(groups, numba.types.Array) and groups.dtype == numba.types.uint16
+
+
+@numba.extending.overload(_block_of, inline="always")
+def _block_of_overload(groups, first, n, scratch):
+    if not _bfloat16_bits(groups):
+        return lambda groups, first, n, scratch: groups[first:first + n]
+
+    def widen(groups, first, n, scratch):
+        for b in range(n):
+            for j in range(groups.shape[1]):
+                scratch[b, j] = _float32_of_bits(np.uint32(groups[first + b, j])
+                                                 << np.uint32(16))
+        return scratch[:n]
+    return widen
+
+
+@numba.extending.overload(_value, inline="always")
+def _value_overload(groups, i, j):
+    if not _bfloat16_bits(groups):
+        return lambda groups, i, j: groups[i, j]
+    return lambda groups, i, j: _float32_of_bits(np.uint32(groups[i, j]) << np.uint32(16))
+
+
+@numba.extending.overload(_decoded, inline="always")
+def _decoded_overload(y, groups):
+    if not _bfloat16_bits(groups):
+        return lambda y, groups: y
+    return lambda y, groups: _cast_value(y, 1)
 #: The squared sums of a group that float32 keeps to 1e-6: no overflow, and nothing that
 #: matters lost below float32's smallest normal. Outside them, or if a group's nonzero gaps
 #: |y−x| are all below 2**-50 (squares that float32 flushes), the tensor is measured again in
@@ -278,22 +327,24 @@ SMALLEST_GAP_BITS = np.uint32(0x26800000)  # 2**-50
 
 
 @numba.njit(**INLINE)
-def _codes_measured(groups, i, s, lo, hi, mask, codes):
-    """Write group i's codes at scale s (v taken modulo 2**bits) and measure what
-    dequantize_symmetric will decode, y = v·s, against x: (Σx², Σ(y−x)², max|y−x|, count
-    of y == 0, whether float32 sums kept them; see SUMS_RANGE). y is exact in float32 (an
-    integer of at most 8 bits times a float16), and so is y−x for all but clipped weights;
-    the group's sums are float32 (float64 made the quantizer 6-11% slower), to about 1e-7."""
+def _codes_measured(block, i, s, lo, hi, mask, codes, row, groups):
+    """Write the codes of row i of `block` at scale s (v taken modulo 2**bits) into row
+    `row` of codes, and measure what the reader will decode, y = v·s (cast back to
+    bfloat16 for bfloat16 `groups`, see _decoded), against x: (Σx², Σ(y−x)², max|y−x|,
+    count of y == 0, whether float32 sums kept them; see SUMS_RANGE). v·s is exact in
+    float32 (an integer of at most 8 bits times a float16), and so is y−x for all but
+    clipped weights; the group's sums are float32 (float64 made the quantizer 6-11%
+    slower), to about 1e-7."""
     inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
     ref = np.float32(0.0)
     err = np.float32(0.0)
     zeros = 0
     gap = np.uint32(0)
-    for j in range(groups.shape[1]):
-        x = groups[i, j]
+    for j in range(block.shape[1]):
+        x = block[i, j]
         q = min(max(np.float32(np.rint(x * inv)), lo), hi)
-        codes[i, j] = np.int32(q) & mask
-        d = q * s - x
+        codes[row, j] = np.int32(q) & mask
+        d = _decoded(q * s, groups) - x
         ref += x * x
         err += d * d
         zeros += np.int32(q == 0)
@@ -312,8 +363,9 @@ def _wide_measure(groups, codes, scales, bits):
     for i in range(groups.shape[0]):
         s = scales[i]
         for j in range(groups.shape[1]):
-            a = np.float64(groups[i, j])
-            d = np.float64(np.float32((np.int32(codes[i, j]) ^ half) - half) * s) - a
+            a = np.float64(_value(groups, i, j))
+            d = np.float64(_decoded(np.float32((np.int32(codes[i, j]) ^ half) - half) * s,
+                                    groups)) - a
             ref += a * a
             err += d * d
             peak = max(peak, abs(d))
@@ -324,7 +376,8 @@ def _wide_measure(groups, codes, scales, bits):
 def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_limit):
     """The symmetric quantizer in one read of each group from memory: search its scale
     (_search_block), round that to float16 (no larger than `scale_limit`, a float16 value),
-    write the codes and measure what dequantize_symmetric will decode (_codes_measured).
+    write the codes and measure what the reader will decode (_codes_measured). `groups`
+    are float32, or bfloat16 given as their uint16 bits (see _block_of).
 
     Fills `codes` (uint8, groups' shape) and `scales`; returns (Σx², Σ(y−x)², max|y−x|,
     count of y == 0) in float64, and the bits of the largest |x| (as uint32: from
@@ -335,7 +388,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     hi = np.float32(hi)
     scale_limit = np.float32(scale_limit)  # a float64 limit made the last pass float64
     mask = (1 << bits) - 1
-    group_bits = groups.view(np.uint32)
+    scratch = np.empty((BLOCK, groups.shape[1]), np.float32)
     base = np.empty(BLOCK, np.float32)
     best = np.empty(BLOCK, np.float32)
     ref = 0.0
@@ -346,16 +399,18 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     narrow = True
     for first in range(0, groups.shape[0], BLOCK):
         n = min(BLOCK, groups.shape[0] - first)
+        block = _block_of(groups, first, n, scratch)
+        block_bits = block.view(np.uint32)
         for b in range(n):
-            signed_peak = _signed_peak(group_bits, first + b)
+            signed_peak = _signed_peak(block_bits, b)
             top = max(top, _float32_bits(signed_peak) & np.uint32(0x7FFFFFFF))
             base[b] = signed_peak / lo
-        _search_block(groups, first, n, base, best, lo, hi, ratios, refine)
+        _search_block(block, 0, n, base, best, lo, hi, ratios, refine)
         for b in range(n):
             s = min(max(nearest_float16(best[b]), -scale_limit), scale_limit)
             scales[first + b] = s
             group_ref, group_err, group_peak, group_zeros, kept = _codes_measured(
-                groups, first + b, s, lo, hi, mask, codes)
+                block, b, s, lo, hi, mask, codes, first + b, groups)
             ref += group_ref
             err += group_err
             peak = max(peak, group_peak)

@@ -142,10 +142,12 @@ def tiny_gaps() -> np.ndarray:
 @pytest.mark.parametrize("x", [np.float32(m) * np.random.default_rng(7).normal(
     0, 1, (8, 128)).astype(np.float32) for m in (1e-30, 1e-12, 1.0, 1e12, 1e19)] + [tiny_gaps()],
     ids=["1e-30", "1e-12", "1", "1e12", "1e19", "tiny gaps"])
-def test_float32_measures_hold_at_every_magnitude(x):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_group_sums_hold_at_every_magnitude(x, dtype):
     """Groups are summed in float32 unless their squares could overflow or flush to zero
     (kernels.SUMS_RANGE); then the tensor is measured in float64. Either way the figures
-    are the decoded weights' own."""
+    are the decoded weights' own (bfloat16: after the decoder's cast back)."""
+    x = x.astype(DTYPES[dtype])
     stage = UniformQuantize(4, 64)
     _, (ref, err, peak, zeros, seen) = stage.encode_measured({"values": x})
     y = round_trip(x, [stage]).astype(np.float64)

@@ -152,11 +152,16 @@ class UniformQuantize(Stage):
         return self._encode(parts, measure=True)
 
     def _encode(self, parts: Parts, measure: bool) -> tuple[Parts, tuple | None]:
-        """encode_measured; without `measure`, 16-bit tensors skip their rounded-error pass
-        (float32 errors come free with the codes)."""
+        """encode_measured; without `measure`, float16 tensors skip their rounded-error pass
+        (float32 and bfloat16 errors come free with the codes)."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
-        g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False), group)
+        if self.symmetric and self.scale_bits is None and x.dtype.name == "bfloat16" \
+                and x.dtype.isnative:  # widened by the kernel, a block at a time, from its bits
+            g = grouped(np.ascontiguousarray(x).reshape(rows, cols).view(np.uint16), group)
+        else:
+            g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False),
+                        group)
         if not self.symmetric:
             return self._encode_affine(g, x.shape, rows, cols), None
         flat = g.reshape(-1, group)
@@ -171,7 +176,8 @@ class UniformQuantize(Stage):
 
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
-            round_to = kernels.ROUND_TO.get(x.dtype.name) if measure else None
+            round_to = kernels.ROUND_TO.get(x.dtype.name) if measure and g.dtype != np.uint16 \
+                else None
             limit = largest_scale(x.dtype, lo)
 
             def work(k: slice) -> tuple:
