@@ -318,10 +318,15 @@ def _decoded_overload(y, groups):
     if not _bfloat16_bits(groups):
         return lambda y, groups: y
     return lambda y, groups: _cast_value(y, 1)
-#: The squared sums of a group that float32 keeps to 1e-6: no overflow, and nothing that
-#: matters lost below float32's smallest normal. Outside them, or if a group's nonzero gaps
-#: |y−x| are all below 2**-50 (squares that float32 flushes), the tensor is measured again in
-#: float64 (_wide_measure): rare weights (beyond 1e15 or below 1e-15), and one pass more.
+#: The longest group summed in float32: 64 terms of one sign keep at worst 64·2**-24 (4e-6)
+#: of their sum, about 1e-7 on real weights. A longer group (a "channel" or "tensor" one)
+#: would lose more, so its tensor is measured again in float64 (_wide_measure).
+FLOAT32_GROUP = 64
+#: The squared sums of a group that float32 keeps: no overflow, and nothing that matters
+#: lost below float32's smallest normal. Outside them, or if a group's nonzero gaps |y−x|
+#: are all below 2**-50 (squares that float32 flushes), the tensor is measured again in
+#: float64 too: rare weights (beyond 1e15 or below 1e-15), and one pass more. A group of
+#: zeros is exact as it is.
 SUMS_RANGE = (np.float32(2.0 ** -100), np.float32(2.0 ** 100))
 SMALLEST_GAP_BITS = np.uint32(0x26800000)  # 2**-50
 
@@ -334,7 +339,8 @@ def _codes_measured(block, i, s, lo, hi, mask, codes, row, groups):
     count of y == 0, whether float32 sums kept them; see SUMS_RANGE). v·s is exact in
     float32 (an integer of at most 8 bits times a float16), and so is y−x for all but
     clipped weights; the group's sums are float32 (float64 made the quantizer 6-11%
-    slower), to about 1e-7."""
+    slower). (A loop over chunks of long groups here, even one never run, made the usual
+    groups 10-15% slower: long groups are measured again instead.)"""
     inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
     ref = np.float32(0.0)
     err = np.float32(0.0)
@@ -349,7 +355,8 @@ def _codes_measured(block, i, s, lo, hi, mask, codes, row, groups):
         err += d * d
         zeros += np.int32(q == 0)
         gap = max(gap, _float32_bits(d) & np.uint32(0x7FFFFFFF))
-    kept = SUMS_RANGE[0] <= ref <= SUMS_RANGE[1] and (gap == 0 or gap >= SMALLEST_GAP_BITS)
+    kept = (SUMS_RANGE[0] <= ref <= SUMS_RANGE[1] and (gap == 0 or gap >= SMALLEST_GAP_BITS)) \
+        or (ref == 0 and gap == 0)  # all zeros: y = x = 0
     return np.float64(ref), np.float64(err), np.float64(_float32_of_bits(gap)), zeros, kept
 
 
@@ -416,7 +423,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
             peak = max(peak, group_peak)
             zeros += group_zeros
             narrow &= kept
-    if not narrow:
+    if not narrow or groups.shape[1] > FLOAT32_GROUP:
         ref, err, peak = _wide_measure(groups, codes, scales, bits)
     return ref, err, peak, zeros, top
 
