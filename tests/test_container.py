@@ -150,7 +150,7 @@ def test_a_big_tensor_split_over_threads_gives_the_same_bytes(tmp_path, options,
     assert one.rows[0].errors == two.rows[0].errors
     y, xf = mp.load(tmp_path / "t1.mpz")["w"].astype(np.float64), x.astype(np.float64)
     sqnr = 10 * np.log10((xf ** 2).sum() / ((y - xf) ** 2).sum())
-    assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=1e-5)  # float32 group sums
+    assert one.rows[0].errors.sqnr_db == pytest.approx(sqnr, abs=2e-5)  # float32 group sums
 
 
 @pytest.mark.parametrize("codes", [True, False])

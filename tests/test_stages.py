@@ -123,10 +123,10 @@ def test_the_fused_quantizer_reports_exactly_what_decoding_gives(x, bits, group_
     d = y - x.astype(np.float64)
     ref, err, peak, zeros, seen = measured
     assert seen == float(np.abs(x.astype(np.float32)).max(initial=0))  # stands in for a scan
-    # float32 groups are summed in float32 (kernels._codes_measured): to 1e-6, not the last bit
-    assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6, abs=1e-300)
-    assert err == pytest.approx(float((d * d).sum()), rel=1e-6, abs=1e-300)
-    assert peak == pytest.approx(float(np.abs(d).max(initial=0)), rel=1e-6, abs=1e-300)
+    # groups are summed in float32 (kernels._codes_measured): at worst 64·2**-24, not the last bit
+    assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=4e-6, abs=1e-300)
+    assert err == pytest.approx(float((d * d).sum()), rel=4e-6, abs=1e-300)
+    assert peak == pytest.approx(float(np.abs(d).max(initial=0)), rel=4e-6, abs=1e-300)
     assert zeros == int(np.count_nonzero(y == 0))
     assert UniformQuantize(bits, group_size).encode_measured(
         {"values": x.astype(np.float64)})[1] is None  # float64: decoded back and measured
@@ -153,9 +153,9 @@ def test_group_sums_hold_at_every_magnitude(x, dtype):
     y = round_trip(x, [stage]).astype(np.float64)
     d = y - x.astype(np.float64)
     assert err > 0
-    assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6, abs=0)
-    assert err == pytest.approx(float((d * d).sum()), rel=1e-6, abs=0)
-    assert peak == pytest.approx(float(np.abs(d).max()), rel=1e-6, abs=0)
+    assert ref == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=4e-6, abs=0)
+    assert err == pytest.approx(float((d * d).sum()), rel=4e-6, abs=0)
+    assert peak == pytest.approx(float(np.abs(d).max()), rel=4e-6, abs=0)
     assert zeros == np.count_nonzero(y == 0) and seen == np.abs(x).max()
 
 
