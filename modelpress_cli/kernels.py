@@ -151,9 +151,9 @@ def _pick_of_any(groups, i, base, ratios, lo, hi):
 
 
 @numba.njit(**INLINE)
-def _search_block(groups, first, n, base, best, lo, hi, ratios, refine):
-    """Fill best[b] with the scale of least squared error for group first + b, b < n; 0
-    for an all-zero group. base[b] is the group's _signed_peak / lo.
+def _search_block(groups, n, base, best, lo, hi, ratios, refine):
+    """Fill best[b] with the scale of least squared error for group b < n; 0 for an
+    all-zero group. base[b] is the group's _signed_peak / lo.
 
     Candidates are base·r for r in `ratios`: the peak maps to the extra negative level (as
     llama.cpp's Q4_0 does), shrunk by r to trade clipping of the peak for finer steps; four
@@ -179,7 +179,7 @@ def _search_block(groups, first, n, base, best, lo, hi, ratios, refine):
     else:
         for b in range(n):
             if ratios.size == 4 and base[b] * ratios[0] != 0 and base[b] * ratios[3] != 0:
-                i = first + b  # written out: as an inlined helper, 10% slower
+                i = b  # written out: as an inlined helper, 10% slower
                 s0 = base[b] * ratios[0]
                 s1 = base[b] * ratios[1]
                 s2 = base[b] * ratios[2]
@@ -212,11 +212,11 @@ def _search_block(groups, first, n, base, best, lo, hi, ratios, refine):
                 if e3 < e0:
                     best[b] = s3
             elif base[b] != 0:
-                best[b] = _pick_of_any(groups, first + b, base[b], ratios, lo, hi)
+                best[b] = _pick_of_any(groups, b, base[b], ratios, lo, hi)
     for _ in range(refine):  # no error check needed: see the docstring
         for b in range(n):
             if best[b] != 0:
-                fitted = _least_squares_scale(groups, first + b, best[b], lo, hi)
+                fitted = _least_squares_scale(groups, b, best[b], lo, hi)
                 if fitted != 0:
                     best[b] = fitted
 
@@ -289,6 +289,7 @@ def _decoded(y, groups):
 
 
 def _bfloat16_bits(groups):
+    """Whether a kernel argument's numba type is the uint16 bits of bfloat16 groups."""
     return isinstance(groups, numba.types.Array) and groups.dtype == numba.types.uint16
 
 
@@ -318,6 +319,8 @@ def _decoded_overload(y, groups):
     if not _bfloat16_bits(groups):
         return lambda y, groups: y
     return lambda y, groups: _cast_value(y, 1)
+
+
 #: The longest group summed in float32: 64 terms of one sign keep at worst 64·2**-24 (4e-6)
 #: of their sum, about 1e-7 on real weights. A longer group (a "channel" or "tensor" one)
 #: would lose more, so its tensor is measured again in float64 (_wide_measure).
@@ -412,7 +415,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
             signed_peak = _signed_peak(block_bits, b)
             top = max(top, _float32_bits(signed_peak) & np.uint32(0x7FFFFFFF))
             base[b] = signed_peak / lo
-        _search_block(block, 0, n, base, best, lo, hi, ratios, refine)
+        _search_block(block, n, base, best, lo, hi, ratios, refine)
         for b in range(n):
             s = min(max(nearest_float16(best[b]), -scale_limit), scale_limit)
             scales[first + b] = s
