@@ -243,6 +243,16 @@ def test_prune_zeroes_exactly_the_smallest_weights(x, sparsity):
         assert np.abs(x[pruned]).max() <= np.abs(x[~pruned & (x != 0)]).min(initial=np.inf)
 
 
+def test_kernels_ask_for_512_bit_vectors_only_on_cpus_with_avx512():
+    """LLVM warns on stderr about a feature it does not know (on ARM, say): the flag is
+    added only where AVX-512 is."""
+    assert kernels.wide_vector_features("+avx2,+avx512f,+fma") == \
+        "+avx2,+avx512f,+fma,-prefer-256-bit"
+    assert kernels.wide_vector_features("+avx2,-avx512f,+fma") is None
+    assert kernels.wide_vector_features("+neon,+fp-armv8") is None
+    assert kernels.wide_vector_features("") is None
+
+
 @given(values=st.lists(st.floats(width=64), min_size=1, max_size=300), data=st.data())
 def test_kth_magnitude_bits_is_the_kth_of_the_sorted_magnitudes(values, data):
     """The radix select behind pruning picks numpy's k-th smallest |x|, NaN last, in every
