@@ -23,8 +23,14 @@ every core (parallel.py). Baselines in the same run: gguf's numpy Q8_0 and Q4_0
 (quantize/dequantize calls alone over the 2-D tensors, float32 input, one thread), zstd level 3
 alone, streaming over the file's bytes (one thread), and the model file copied to a new file with
 fsync (the disk's own ceiling for decompress).
-Everything reads the model from the page cache (it was just written or read). Prints a table,
-checks peak RSS <= 400 MB + 4 x the largest tensor's bytes, and writes JSON (--json).
+
+Each 8-bit and 4-bit compress run is followed at once by a gguf Q8_0 or Q4_0 run, and "x gguf" is
+the median of those pairs' speed ratios: on a shared virtual machine whose speed drifts by a
+third over minutes, a ratio of runs seconds apart moves far less than one of medians taken minutes
+apart. Every timed run reads its input from the page cache: the file is read through first,
+untimed (the machine may page out memory left idle for a minute, its page cache included).
+Prints a table, checks peak RSS <= 400 MB + 4 x the largest tensor's bytes, and writes JSON
+(--json).
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ from modelpress_cli.formats.safetensors import (  # noqa: E402
 D_MODEL, FFN, VOCAB, SEED = 2048, 5632, 32000, 0
 SETTINGS = {"8-bit": {"bits": 8}, "4-bit": {"bits": 4},
             "4-bit + 50% pruning": {"bits": 4, "prune": 0.5}}
-GGUF_TYPES = ("Q8_0", "Q4_0")
+#: the gguf type run beside each compress of these settings, and compared with it
+PAIRED = {"8-bit": "Q8_0", "4-bit": "Q4_0"}
 MB = 1e6
 BOUND_BASE, BOUND_PER_LARGEST = 400 * MB, 4  # the spec: peak RSS <= 400 MB + 4 x largest tensor
 COMPARE_TOLERANCE = 0.10
@@ -204,29 +211,51 @@ def run_child(args: dict) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def read_through(path: Path) -> None:
+    """Bring the file into the page cache (untimed): what the next run reads comes from memory."""
+    buffer = bytearray(16 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+
+
 def tensor_bytes(path: Path) -> int:
     with SafetensorsReader(path) as reader:
         return sum(i.n_bytes for i in reader.infos())
 
 
-def measure_modelpress(src: Path, workdir: Path, repeat: int, bound: float) -> list[dict]:
+def timed_run(args: dict, reads: Path) -> dict:
+    """run_child(args) with `reads` in the page cache first."""
+    read_through(reads)
+    return run_child(args)
+
+
+def measure_modelpress(src: Path, workdir: Path, repeat: int,
+                       bound: float) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The modelpress rows, and the gguf runs made beside them (PAIRED), by gguf type."""
     file_mb = src.stat().st_size / MB
     with SafetensorsReader(src) as reader:
         dtype = next(reader.infos()).dtype
     warmup = workdir / f"warmup-{dtype}.safetensors"  # a 2-D and a 1-D tensor, as the model has
     write_safetensors(warmup, ModelReader({"w.weight": (256, 256), "norm.weight": (256,)},
                                           dtype, SEED), lambda _: None)
-    rows = []
+    rows, gguf_runs = [], {}
     for k, (label, settings) in enumerate(SETTINGS.items()):
         mpz, back = workdir / f"out{k}.mpz", workdir / "back.safetensors"
-        print(f"modelpress {label}: compress...", file=sys.stderr)
-        comp = [run_child({"op": "compress", "src": str(src), "dst": str(mpz),
-                           "warmup": str(warmup), **settings}) for _ in range(repeat)]
+        qtype = PAIRED.get(label)
+        print(f"modelpress {label}: compress{f', each run then gguf {qtype}' if qtype else ''}"
+              "...", file=sys.stderr)
+        comp, pairs = [], []
+        for _ in range(repeat):
+            comp.append(timed_run({"op": "compress", "src": str(src), "dst": str(mpz),
+                                   "warmup": str(warmup), **settings}, src))
+            if qtype:
+                pairs.append(timed_run({"op": "gguf", "src": str(src), "qtype": qtype}, src))
         print(f"modelpress {label}: decompress...", file=sys.stderr)
-        dec = [run_child({"op": "decompress", "src": str(mpz), "dst": str(back)})
+        dec = [timed_run({"op": "decompress", "src": str(mpz), "dst": str(back)}, mpz)
                for _ in range(repeat)]
         print(f"modelpress {label}: decode in memory...", file=sys.stderr)
-        decode = [run_child({"op": "decode", "src": str(mpz)}) for _ in range(repeat)]
+        decode = [timed_run({"op": "decode", "src": str(mpz)}, mpz) for _ in range(repeat)]
         out_mb = tensor_bytes(back) / MB
         comp_rss, dec_rss = max(c["peak_rss"] for c in comp), max(d["peak_rss"] for d in dec)
         rows.append({"setting": label, "options": settings,
@@ -246,15 +275,24 @@ def measure_modelpress(src: Path, workdir: Path, repeat: int, bound: float) -> l
                      "within_bound": max(comp_rss, dec_rss) <= bound,
                      "compress_runs_s": [round(c["seconds"], 3) for c in comp],
                      "decompress_runs_s": [round(d["seconds"], 3) for d in dec]})
-    return rows
+        if qtype:
+            gguf_mb_s = [g["float32_bytes"] / MB / g["quantize_s"] for g in pairs]
+            rows[-1]["vs_gguf"] = {
+                "gguf_type": qtype,
+                "fresh": round(statistics.median(
+                    file_mb / c["seconds"] / g for c, g in zip(comp, gguf_mb_s, strict=True)), 2),
+                "warm": round(statistics.median(
+                    file_mb / (c["seconds"] - c["startup_s"]) / g
+                    for c, g in zip(comp, gguf_mb_s, strict=True)), 2),
+                "gguf_runs_mb_s": [round(g, 1) for g in gguf_mb_s]}
+            gguf_runs[qtype] = pairs
+    return rows, gguf_runs
 
 
-def measure_gguf(src: Path, file_bytes: int, params: int, repeat: int) -> list[dict]:
+def gguf_rows(runs_by_type: dict[str, list[dict]], file_bytes: int, params: int) -> list[dict]:
+    """The baseline rows, from the gguf runs made beside modelpress's (medians)."""
     rows = []
-    for qtype in GGUF_TYPES:
-        print(f"gguf {qtype}...", file=sys.stderr)
-        runs = [run_child({"op": "gguf", "src": str(src), "qtype": qtype})
-                for _ in range(repeat)]
+    for qtype, runs in runs_by_type.items():
         r = runs[0]
         stored = r["quantized_bytes"] + r["other_bytes"]  # the 1-D norms kept as they are
         rows.append({"setting": f"gguf {qtype}", "float32_mb": round(r["float32_bytes"] / MB),
@@ -285,6 +323,7 @@ def measure_zstd(src: Path, params: int, repeat: int) -> dict:
     times, out = [], 0
     for _ in range(repeat):
         sink = _Counter()
+        read_through(src)
         with open(src, "rb") as f:
             start = time.perf_counter()
             zstandard.ZstdCompressor(level=3).copy_stream(f, sink, read_size=1 << 20)
@@ -301,6 +340,7 @@ def measure_disk_write(src: Path, workdir: Path, repeat: int) -> dict:
     print("disk write...", file=sys.stderr)
     times, dst = [], workdir / "copy.bin"
     for _ in range(repeat):
+        read_through(src)
         with open(src, "rb") as f, open(dst, "wb") as out:
             start = time.perf_counter()
             while chunk := f.read(16 << 20):
@@ -343,6 +383,12 @@ def print_table(result: dict) -> None:
         print(f"{r['setting'] + ' (numpy)':22} {r['ratio']:>6} {r['bits_per_weight']:>7} "
               f"{r['quantize_mb_s']:>10} {'':>7} {'':>12} {r['dequantize_mb_s']:>12} "
               f"{r['peak_rss_mb']:>7}MB {'':>10}")
+    for r in result["rows"]:
+        if "vs_gguf" in r:
+            v = r["vs_gguf"]
+            print(f"{r['setting']} against gguf {v['gguf_type']}, each run beside one of "
+                  f"gguf's: {v['fresh']}x fresh, {v['warm']}x warm (median of the pairs' "
+                  f"ratios; gguf ran at {', '.join(map(str, v['gguf_runs_mb_s']))} MB/s)")
     z = result["baselines"]["zstd3"]
     print(f"{'zstd -3 alone':22} {z['ratio']:>6} {z['bits_per_weight']:>7} "
           f"{z['compress_mb_s']:>10} {'':>12}")
@@ -423,8 +469,7 @@ def main() -> None:
     try:
         zstd = measure_zstd(src, params, opts.repeat)
         disk = measure_disk_write(src, opts.workdir, opts.repeat)
-        rows = measure_modelpress(src, opts.workdir, opts.repeat, bound)
-        gguf_rows = measure_gguf(src, file_bytes, params, opts.repeat)
+        rows, gguf_runs = measure_modelpress(src, opts.workdir, opts.repeat, bound)
     finally:  # the outputs are as big as the model; only the model is worth keeping
         for p in [opts.workdir / "back.safetensors", opts.workdir / "copy.bin",
                   *opts.workdir.glob("warmup-*.safetensors"),
@@ -443,7 +488,8 @@ def main() -> None:
                                "bound_bytes": int(bound), "highest_peak_rss_mb": highest,
                                "holds": all(r["within_bound"] for r in rows)},
               "rows": rows,
-              "baselines": {"zstd3": zstd, "gguf": gguf_rows, "disk_write": disk,
+              "baselines": {"zstd3": zstd, "gguf": gguf_rows(gguf_runs, file_bytes, params),
+                            "disk_write": disk,
                             "note": "gguf: numpy quantizers, single-threaded, quantize and "
                                     "dequantize calls only, float32 input"}}
     print_table(result)
