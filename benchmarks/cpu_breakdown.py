@@ -65,7 +65,6 @@ def main() -> None:
                  norm=np.ones(256, np.float32))
         mp.compress(warm, Path(tmp, "warm.mpz"), bits=opts.bits, prune=opts.prune)
         timed(quantize.kernels, "quantize_groups", "quantizer kernel")
-        timed(quantize.kernels, "rounded_errors", "16-bit error pass")
         timed(pipeline.kernels, "scan_bits", "scan")
         timed(container, "compress", "zstd")
         timed(container, "pack_bits", "bit-packing")

@@ -39,33 +39,30 @@ def native(x: np.ndarray) -> np.ndarray:
     their bits in one compiled pass (numpy's float16 cast is several times slower)."""
     if x.dtype in (np.float32, np.float64):
         return x
-    if x.dtype.name not in ("float16", "bfloat16") or not x.dtype.isnative:
+    if x.dtype.name not in HALF_BITS:
         return x.astype(np.float32)
     out = np.empty(x.shape, np.float32)
-    widen_half(np.ascontiguousarray(x).reshape(-1).view(np.uint16), out.reshape(-1),
-               out.reshape(-1).view(np.uint32), x.dtype.name == "bfloat16")
+    widen_half(half_bits(x).reshape(-1), out.reshape(-1))
     return out
 
 
+#: The integer view each 16-bit float type is given to the kernels as: numba has no float16
+#: (nor bfloat16), and the two views' types tell the two apart when a kernel is compiled.
+HALF_BITS = {"bfloat16": np.uint16, "float16": np.int16}
+
+
+def half_bits(x: np.ndarray) -> np.ndarray:
+    """A float16 or bfloat16 array as its bits (HALF_BITS), native byte order, C order."""
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    return np.ascontiguousarray(x).view(HALF_BITS[x.dtype.name])
+
+
 @numba.njit(**JIT)
-def widen_half(halves, out, out_bits, bfloat16):
-    """float32 values of float16 (IEEE half) or bfloat16 bits, exactly."""
-    if bfloat16:  # bfloat16 is the top half of a float32
-        for i in range(halves.size):
-            out_bits[i] = np.uint32(halves[i]) << np.uint32(16)
-        return
+def widen_half(halves, out):
+    """float32 values of float16 or bfloat16 bits (half_bits), exactly."""
     for i in range(halves.size):
-        h = np.uint32(halves[i])
-        exponent = (h >> np.uint32(10)) & np.uint32(0x1F)
-        rebased = np.uint32(0x7F800000) if exponent == 31 else \
-            (exponent + np.uint32(112)) << np.uint32(23)
-        out_bits[i] = ((h & np.uint32(0x8000)) << np.uint32(16)) | rebased | \
-            ((h & np.uint32(0x3FF)) << np.uint32(13))
-    for i in range(halves.size):  # subnormals (and ±0): the mantissa times 2**-24
-        h = halves[i]
-        if h & 0x7C00 == 0:
-            magnitude = np.float32(h & 0x3FF) * np.float32(2.0 ** -24)
-            out[i] = -magnitude if h & 0x8000 else magnitude
+        out[i] = _widened(halves[i])
 
 
 # The helpers below are inlined into their callers (numba's own inliner: LLVM cannot see
@@ -104,6 +101,43 @@ def _float64_of_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], llvmlite.ir.DoubleType())
     return numba.types.float64(numba.types.uint64), codegen
+
+
+@numba.njit(**INLINE)
+def _either(condition, a, b):
+    """a if condition else b, for uint32 a and b, with masks rather than a branch: numba's
+    inliner loses track of variables assigned in branches of a helper inlined through an
+    overload (NumbaIRAssumptionWarning), and selects vectorise anyway."""
+    mask = np.uint32(0) - np.uint32(condition)
+    return (a & mask) | (b & ~mask)
+
+
+@numba.njit(**INLINE)
+def _from_float16_bits(h):
+    """The float32 value of float16 bits h (int16), exactly: normal, infinite and NaN
+    values by moving their bits, subnormals and ±0 as the mantissa times 2**-24."""
+    u = np.uint32(h) & np.uint32(0xFFFF)
+    sign = (u & np.uint32(0x8000)) << np.uint32(16)
+    exponent = (u >> np.uint32(10)) & np.uint32(0x1F)
+    mantissa = u & np.uint32(0x3FF)
+    rebased = _either(exponent == 31, np.uint32(0x7F800000),
+                      (exponent + np.uint32(112)) << np.uint32(23))
+    normal = sign | rebased | (mantissa << np.uint32(13))
+    tiny = sign | _float32_bits(np.float32(mantissa) * np.float32(2.0 ** -24))
+    return _float32_of_bits(_either(exponent == 0, tiny, normal))
+
+
+def _widened(h):
+    """The float32 value of one half_bits() element: bfloat16 (uint16) or float16 (int16)."""
+
+
+@numba.extending.overload(_widened, inline="always")
+def _widened_overload(h):
+    if h == numba.types.uint16:  # bfloat16 is the top half of a float32
+        return lambda h: _float32_of_bits(np.uint32(h) << np.uint32(16))
+    if h == numba.types.int16:
+        return lambda h: _from_float16_bits(h)
+    return None
 
 
 @numba.njit(**INLINE)
@@ -243,13 +277,12 @@ def _float16_value(v):
     float16 values keep float32's top 11 significant bits; below 2**-14 the step is a
     fixed 2**-24."""
     bits = _float32_bits(v)
-    if bits & np.uint32(0x7FFFFFFF) < np.uint32(0x38800000):  # |v| < 2**-14
-        return np.float32(np.rint(v * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24)
-    r = _float32_of_bits((bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1)))
-                         & np.uint32(0xFFFFE000))
-    if abs(r) <= np.float32(65504.0):
-        return r
-    return np.float32(np.inf) if r > 0 else np.float32(-np.inf)
+    tiny = _float32_bits(np.float32(np.rint(v * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24))
+    r = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
+    infinite = (r & np.uint32(0x80000000)) | np.uint32(0x7F800000)
+    normal = _either(r & np.uint32(0x7FFFFFFF) <= np.uint32(0x477FE000), r, infinite)  # 65504
+    return _float32_of_bits(_either(bits & np.uint32(0x7FFFFFFF) < np.uint32(0x38800000),
+                                    tiny, normal))  # |v| < 2**-14
 
 
 @numba.njit(**INLINE)
@@ -265,32 +298,25 @@ def nearest_float16(s):
     return min(max(r, np.float32(-65504.0)), np.float32(65504.0))
 
 
-#: What the decoded float32 values are cast to: round_to codes for rounded_errors.
-ROUND_TO = {"bfloat16": 1, "float16": 2}
-
-
 @numba.njit(**INLINE)
-def _cast_value(y, round_to):
-    """float32 y rounded to the nearest bfloat16 (1) or float16 (2) value, ties to even, as
-    the decoder's final cast makes it (ml_dtypes, numpy); float16 beyond 65504 becomes ±inf
-    as numpy's cast makes it. bfloat16 keeps a float32's top 16 bits."""
-    if round_to == 1:
-        bits = _float32_bits(y)
-        return _float32_of_bits((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16))
-                                                            & np.uint32(1)))
-                                & np.uint32(0xFFFF0000))
-    return _float16_value(y)
+def _bfloat16_value(y):
+    """float32 y rounded to the nearest bfloat16 value, ties to even, as the decoder's final
+    cast (ml_dtypes) makes it, kept as a float32: bfloat16 is a float32's top 16 bits."""
+    bits = _float32_bits(y)
+    return _float32_of_bits((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+                            & np.uint32(0xFFFF0000))
 
 
 #: Groups searched together, each step for all of them (_search_block).
 BLOCK = 32
 
 
-# quantize_groups takes float32 groups, or bfloat16 ones as their uint16 bits: those are
-# widened a block at a time into a scratch array the cache holds, rather than into a
-# float32 copy of the tensor (a pass that cost a third of the quantizer), and their codes
-# are measured after the decoder's final cast back to bfloat16. Each helper below has one
-# body per input type, chosen when numba compiles the caller: no branch at run time.
+# quantize_groups takes float32 groups, or bfloat16 and float16 ones as their bits
+# (half_bits): those are widened a block at a time into a scratch array the cache holds,
+# rather than into a float32 copy of the tensor (a pass that cost a third of the
+# quantizer), and their codes are measured after the decoder's final cast back to their
+# type. Each helper below has one body per input type, chosen when numba compiles the
+# caller: no branch at run time.
 def _block_of(groups, first, n, scratch):
     """Rows first…first+n−1 of `groups` as float32: a view, or widened into scratch."""
 
@@ -300,40 +326,41 @@ def _value(groups, i, j):
 
 
 def _decoded(y, groups):
-    """A decoded float32 value as the reader gets it: bfloat16 inputs are cast back."""
+    """A decoded float32 value as the reader gets it: 16-bit inputs are cast back."""
 
 
-def _bfloat16_bits(groups):
-    """Whether a kernel argument's numba type is the uint16 bits of bfloat16 groups."""
-    return isinstance(groups, numba.types.Array) and groups.dtype == numba.types.uint16
+def _float32_groups(groups):
+    """Whether a kernel argument's numba type is float32 groups (else half_bits ones)."""
+    return groups.dtype == numba.types.float32
 
 
 @numba.extending.overload(_block_of, inline="always")
 def _block_of_overload(groups, first, n, scratch):
-    if not _bfloat16_bits(groups):
+    if _float32_groups(groups):
         return lambda groups, first, n, scratch: groups[first:first + n]
 
     def widen(groups, first, n, scratch):
         for b in range(n):
             for j in range(groups.shape[1]):
-                scratch[b, j] = _float32_of_bits(np.uint32(groups[first + b, j])
-                                                 << np.uint32(16))
+                scratch[b, j] = _widened(groups[first + b, j])
         return scratch[:n]
     return widen
 
 
 @numba.extending.overload(_value, inline="always")
 def _value_overload(groups, i, j):
-    if not _bfloat16_bits(groups):
+    if _float32_groups(groups):
         return lambda groups, i, j: groups[i, j]
-    return lambda groups, i, j: _float32_of_bits(np.uint32(groups[i, j]) << np.uint32(16))
+    return lambda groups, i, j: _widened(groups[i, j])
 
 
 @numba.extending.overload(_decoded, inline="always")
 def _decoded_overload(y, groups):
-    if not _bfloat16_bits(groups):
+    if _float32_groups(groups):
         return lambda y, groups: y
-    return lambda y, groups: _cast_value(y, 1)
+    if groups.dtype == numba.types.uint16:
+        return lambda y, groups: _bfloat16_value(y)
+    return lambda y, groups: _float16_value(y)
 
 
 #: The longest group summed in float32: 64 terms of one sign keep at worst 64·2**-24 (4e-6)
@@ -352,11 +379,11 @@ SMALLEST_GAP_BITS = np.uint32(0x26800000)  # 2**-50
 @numba.njit(**INLINE)
 def _codes_measured(block, i, s, lo, hi, mask, codes, row, groups):
     """Write the codes of row i of `block` at scale s (v taken modulo 2**bits) into row
-    `row` of codes, and measure what the reader will decode, y = v·s (cast back to
-    bfloat16 for bfloat16 `groups`, see _decoded), against x: (Σx², Σ(y−x)², max|y−x|,
-    count of y == 0, whether float32 sums kept them; see SUMS_RANGE). v·s is exact in
-    float32 (an integer of at most 8 bits times a float16), and so is y−x for all but
-    clipped weights; the group's sums are float32 (float64 made the quantizer 6-11%
+    `row` of codes, and measure what the reader will decode, y = v·s (cast back to a
+    16-bit input's type, see _decoded), against x: (Σx², Σ(y−x)², max|y−x|, count of
+    y == 0, whether float32 sums kept them; see SUMS_RANGE). v·s is exact in float32 (an
+    integer of at most 8 bits times a float16), and so is y−x for float32 x but clipped
+    weights; the group's sums are float32 (float64 made the quantizer 6-11%
     slower). (A loop over chunks of long groups here, even one never run, made the usual
     groups 10-15% slower: long groups are measured again instead.)"""
     inv = np.float32(1.0) / s if s != 0 else np.float32(0.0)
@@ -402,7 +429,7 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     """The symmetric quantizer in one read of each group from memory: search its scale
     (_search_block), round that to float16 (no larger than `scale_limit`, a float16 value),
     write the codes and measure what the reader will decode (_codes_measured). `groups`
-    are float32, or bfloat16 given as their uint16 bits (see _block_of).
+    are float32, or bfloat16 or float16 given as their bits (half_bits, _block_of).
 
     Fills `codes` (uint8, groups' shape) and `scales`; returns (Σx², Σ(y−x)², max|y−x|,
     count of y == 0) in float64, and the bits of the largest |x| (as uint32: from
@@ -444,39 +471,6 @@ def quantize_groups(groups, lo, hi, ratios, refine, bits, codes, scales, scale_l
     if not narrow or groups.shape[1] > FLOAT32_GROUP:
         ref, err, peak = _wide_measure(groups, codes, scales, bits)
     return ref, err, peak, zeros, top
-
-
-@numba.njit(**FAST)
-def rounded_errors(groups, codes, scales, bits, round_to):
-    """quantize_groups' figures for a 16-bit float tensor, from its codes: the decoder
-    casts y to that dtype, so each y is rounded as the cast does (ROUND_TO) before it is
-    measured. A second pass, kept out of quantize_groups, where even a skipped extra loop
-    cost float32 tensors 6-10%; one fused loop (no call or row view per group, which had
-    made it cost as much as the quantizer)."""
-    half = np.int32(1 << (bits - 1))
-    ref = 0.0
-    err = 0.0
-    zeros = 0
-    top = np.uint64(0)  # bits of the largest |y−x|: non-negative floats order as their bits
-    for i in range(groups.shape[0]):
-        s = scales[i]
-        group_ref = 0.0
-        group_err = 0.0
-        group_zeros = 0
-        group_top = np.uint64(0)
-        for j in range(groups.shape[1]):
-            y = _cast_value(np.float32((np.int32(codes[i, j]) ^ half) - half) * s, round_to)
-            a = np.float64(groups[i, j])
-            d = np.float64(y) - a
-            group_ref += a * a
-            group_err += d * d
-            group_zeros += y == 0
-            group_top = max(group_top, _float64_bits(abs(d)))
-        ref += group_ref
-        err += group_err
-        zeros += group_zeros
-        top = max(top, group_top)
-    return ref, err, _float64_of_bits(top), zeros
 
 
 @numba.njit(**FAST)

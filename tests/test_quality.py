@@ -149,7 +149,9 @@ def test_pruned_tensors_report_what_the_reader_decodes(tmp_path, dtype, options)
     y = mp.load(tmp_path / "m.mpz")["w"]
     assert "prune" in row.method
     xf, yf = x.astype(np.float64), y.astype(np.float64)
-    close = 1e-12 if dtype == "float16" else 4e-6  # float32 sums per group (the kernel's)
+    # the quantizer sums each group in float32 (4e-6 at worst); pruning alone sums float16
+    # in float64
+    close = 1e-12 if dtype == "float16" and "bits" not in options else 4e-6
     assert row.errors.sum_sq_ref == pytest.approx((xf ** 2).sum(), rel=close)
     assert row.errors.sum_sq_err == pytest.approx(((yf - xf) ** 2).sum(), rel=close)
     assert row.errors.max_abs == pytest.approx(np.abs(yf - xf).max(), rel=close)

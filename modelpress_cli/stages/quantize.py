@@ -142,7 +142,7 @@ class UniformQuantize(Stage):
         """Whether encode_measured measures a tensor of `dtype` as it encodes it: float32,
         bfloat16 or float16 under symmetric codes with float16 scales (the fused kernel)."""
         return self.symmetric and self.scale_bits is None and (
-            np.dtype(dtype) == np.float32 or np.dtype(dtype).name in kernels.ROUND_TO)
+            np.dtype(dtype) == np.float32 or np.dtype(dtype).name in kernels.HALF_BITS)
 
     def encode_measured(self, parts: Parts) -> tuple[Parts, tuple | None]:
         """The errors come with the codes when measures_itself(dtype): the fused kernel
@@ -152,13 +152,13 @@ class UniformQuantize(Stage):
         return self._encode(parts, measure=True)
 
     def _encode(self, parts: Parts, measure: bool) -> tuple[Parts, tuple | None]:
-        """encode_measured; without `measure`, float16 tensors skip their rounded-error pass
-        (float32 and bfloat16 errors come free with the codes)."""
+        """encode_measured; the errors come free with the codes, and without `measure` they
+        are not returned."""
         x = parts["values"]
         (rows, cols), group = as_rows(x.shape, self.group_size)
-        if self.symmetric and self.scale_bits is None and x.dtype.name == "bfloat16" \
-                and x.dtype.isnative:  # widened by the kernel, a block at a time, from its bits
-            g = grouped(np.ascontiguousarray(x).reshape(rows, cols).view(np.uint16), group)
+        if self.symmetric and self.scale_bits is None and x.dtype.name in kernels.HALF_BITS:
+            # widened by the kernel, a block at a time, from its bits
+            g = grouped(kernels.half_bits(x.reshape(rows, cols)), group)
         else:
             g = grouped(kernels.native(x.reshape(rows, cols)).astype(np.float32, copy=False),
                         group)
@@ -176,17 +176,10 @@ class UniformQuantize(Stage):
 
         if self.scale_bits is None:
             scale = np.empty(flat.shape[0], np.float32)
-            round_to = kernels.ROUND_TO.get(x.dtype.name) if measure and g.dtype != np.uint16 \
-                else None
             limit = largest_scale(x.dtype, lo)
-
-            def work(k: slice) -> tuple:
-                sums = kernels.quantize_groups(flat[k], lo, hi, ratios, search_refits(
-                    self.bits), self.bits, codes[k], scale[k], limit)
-                return sums if round_to is None else kernels.rounded_errors(
-                    flat[k], codes[k], scale[k], self.bits, round_to) + sums[4:]
-
-            sums = split(work)
+            sums = split(lambda k: kernels.quantize_groups(
+                flat[k], lo, hi, ratios, search_refits(self.bits), self.bits, codes[k],
+                scale[k], limit))
             out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
             if measure and self.measures_itself(x.dtype):
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
