@@ -450,7 +450,7 @@ def compare(a_path: Path, b_path: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.0)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path,
                         default=Path(tempfile.gettempdir(), "modelpress-llm-bench"),
