@@ -177,6 +177,26 @@ def test_float16_group_sums_hold_from_subnormals_to_the_top(magnitude):
     assert zeros == np.count_nonzero(y == 0) and seen == np.abs(x).max()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_16_bit_decode_is_bit_for_bit_the_cast_of_the_float32_values(dtype):
+    """The symmetric decoder writes float16 and bfloat16 outputs as their bits: each must be
+    the bits numpy's (ml_dtypes') cast of the float32 value v·scale gives, ties, subnormals,
+    overflow to ±inf and NaN payloads included."""
+    rng = np.random.default_rng(10)
+    scales = np.concatenate([
+        rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.arange(-70000, 70000, 0.37, dtype=np.float32),  # float16 ties, and past 65504
+        np.float32([0, -0.0, 65504, 65519.99, 65520, 2 ** -14, 2 ** -25, 3 * 2 ** -26, np.inf,
+                    -np.inf, np.nan, 1e-45]),
+        (rng.normal(0, 1e-5, 100_000)).astype(np.float32)])  # float16 subnormals
+    codes = np.full((scales.size, 1), 1, np.uint8)  # v = 1 at 8 bits: y = scale
+    out = np.empty(codes.shape, DTYPES[dtype])
+    kernels.dequantize_symmetric(codes, scales, 8, kernels.half_bits(out))
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = (scales * np.float32(1)).astype(DTYPES[dtype]).reshape(codes.shape)
+    assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
+
+
 @pytest.mark.parametrize("group_size", [256, "channel", "tensor"])
 def test_groups_longer_than_64_are_measured_to_the_last_digits(group_size):
     """A float32 sum over a long group drifts (1.6e-4 over a 4M-weight "tensor" group, and

@@ -252,10 +252,12 @@ class UniformQuantize(Stage):
                 scales, self.super_group)[:rows * n_groups]
         codes = grouped(parts["codes"].reshape(rows, cols), group).reshape(-1, group)
         scales = scales.astype(np.float32, copy=False)
-        if self.symmetric:
-            x = np.empty(codes.shape, np.float32)
+        if self.symmetric:  # float16 and bfloat16 are written as their bits, cast and all
+            half = np.dtype(dtype).name in kernels.HALF_BITS and np.dtype(dtype).isnative
+            x = np.empty(codes.shape, dtype if half else np.float32)
+            target = kernels.half_bits(x) if half else x
             in_parts(lambda a, b: kernels.dequantize_symmetric(codes[a:b], scales[a:b],
-                                                               self.bits, x[a:b]),
+                                                               self.bits, target[a:b]),
                      codes.shape[0], codes.size)
         else:
             zeros = parts["zeros"].reshape(-1).astype(np.int32)
