@@ -4,7 +4,8 @@ numpy needs one full pass over a tensor per operation; a scale search over a few
 scales per group would take dozens. numba compiles each loop below once per machine (cached on
 disk beside this file) and fuses the work into one or two passes, releasing the GIL so that
 tensors encode in parallel threads. fastmath lets the error sums vectorise: results are the
-same bytes on one machine, and may differ in the last place of a chosen scale across CPUs.
+same bytes on one machine, and may differ in the last place of a chosen scale across CPUs
+(or vector widths: see wide_vector_features).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import llvmlite.ir
 import numba
 import numba.core.codegen
+import numba.core.registry
 import numba.extending
 import numpy as np
 
@@ -24,9 +26,14 @@ def wide_vector_features(host: str) -> str | None:
     return f"{host},-prefer-256-bit" if "+avx512f" in host.split(",") else None
 
 
-# Before the first @njit below, which builds numba's code generator; a NUMBA_CPU_FEATURES the
-# user set wins, and in a process where numba has compiled already this changes nothing.
-if numba.config.CPU_FEATURES is None:
+# Set before the first @njit below, which builds numba's code generator for the process: where
+# something else defined a numba function first, the generator is built (256-bit) and this
+# is left alone. A near-tie between candidate scales can then go the other way (the sums
+# add in another order): about 1 group in 40,000 gets another, equally good, scale. The
+# setting is process-wide: numba functions compiled after this import get it too. A
+# NUMBA_CPU_FEATURES the user set wins.
+if numba.config.CPU_FEATURES is None and \
+        "_toplevel_target_context" not in vars(numba.core.registry.cpu_target):
     numba.config.CPU_FEATURES = wide_vector_features(numba.core.codegen.get_host_cpu_features())
 
 JIT = {"cache": True, "nogil": True}
@@ -210,9 +217,8 @@ def _search_block(groups, n, base, best, lo, hi, ratios, refine):
     Then `refine` least-squares updates (HQQ-style alternation). An update never adds error
     at the float32 scale, so none is measured: the old codes fit the new scale at least as
     well as the old scale (least squares), and rounding afresh picks each weight's nearest
-    level. (The float16 rounding
-    of the scale that follows can still cost a group a little, as it could when each update
-    was checked in float32.)
+    level. (The float16 rounding of the scale that follows can still cost a group a little,
+    as it could when each update was checked in float32.)
 
     Each step is taken for all n groups before the next: a group's pass is short (64
     values) and ends in a reduction or a division that its next pass waits on, and the
@@ -382,7 +388,7 @@ def _codes_measured(block, i, s, lo, hi, mask, codes, row, groups):
     `row` of codes, and measure what the reader will decode, y = v·s (cast back to a
     16-bit input's type, see _decoded), against x: (Σx², Σ(y−x)², max|y−x|, count of
     y == 0, whether float32 sums kept them; see SUMS_RANGE). v·s is exact in float32 (an
-    integer of at most 8 bits times a float16), and so is y−x for float32 x but clipped
+    integer of at most 8 bits times a float16), and so is y−x for all but clipped
     weights; the group's sums are float32 (float64 made the quantizer 6-11%
     slower). (A loop over chunks of long groups here, even one never run, made the usual
     groups 10-15% slower: long groups are measured again instead.)"""
@@ -559,8 +565,10 @@ def _float16_bits_of(y):
     rounded = a + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))
     normal = _either(rounded >= np.uint32(0x47800000), np.uint32(0x7C00),
                      (rounded >> np.uint32(13)) - np.uint32(112 << 10))
-    # below 2**-14 the steps are 2**-24 (clamped first: no float-to-int of a big value)
-    tiny = np.uint32(np.rint(min(abs(y), np.float32(2.0 ** -14)) * np.float32(2.0 ** 24)))
+    # below 2**-14 the steps are 2**-24 (|y| clamped there first, NaN too: no float-to-int
+    # conversion of a value out of range)
+    clamped = _float32_of_bits(_either(a < np.uint32(0x38800000), a, np.uint32(0x38800000)))
+    tiny = np.uint32(np.rint(clamped * np.float32(2.0 ** 24)))
     payload = (a >> np.uint32(13)) & np.uint32(0x3FF)
     special = np.uint32(0x7C00) | _either(a > np.uint32(0x7F800000), max(payload, np.uint32(1)),
                                          np.uint32(0))
@@ -592,7 +600,9 @@ def _stored_overload(y, out):
         return lambda y, out: y
     if out.dtype == numba.types.uint16:
         return lambda y, out: _bfloat16_bits_of(y)
-    return lambda y, out: _float16_bits_of(y)
+    if out.dtype == numba.types.int16:
+        return lambda y, out: _float16_bits_of(y)
+    return None  # no other output type: a typing error, not a silent misreading
 
 
 @numba.njit(**FAST)

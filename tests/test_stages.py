@@ -197,6 +197,19 @@ def test_16_bit_decode_is_bit_for_bit_the_cast_of_the_float32_values(dtype):
     assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
 
 
+def test_big_endian_float16_quantizes_as_native_float16_does():
+    """Near 65504 the scale is capped so that no code decodes to inf: in either byte order."""
+    x = np.random.default_rng(11).uniform(60000, 65504, (16, 64)) * np.where(
+        np.random.default_rng(12).random((16, 64)) < 0.5, -1, 1)
+    native, swapped = x.astype(np.float16), x.astype(">f2")
+    stage = UniformQuantize(2, 64)
+    (parts, figures), (parts_be, figures_be) = (stage.encode_measured({"values": v})
+                                                for v in (native, swapped))
+    assert np.array_equal(parts["codes"], parts_be["codes"])
+    assert np.array_equal(parts["scales"], parts_be["scales"])
+    assert figures == figures_be and np.isfinite(figures[1])
+
+
 @pytest.mark.parametrize("group_size", [256, "channel", "tensor"])
 def test_groups_longer_than_64_are_measured_to_the_last_digits(group_size):
     """A float32 sum over a long group drifts (1.6e-4 over a 4M-weight "tensor" group, and

@@ -78,7 +78,7 @@ def largest_scale(dtype: np.dtype, lo: int) -> float:
     """The largest float16 scale whose codes all decode inside `dtype`'s range: for float16
     tensors, lo·scale must not pass 65504, or the decoder's cast would make a finite weight
     infinite; no limit for wider types."""
-    if np.dtype(dtype) != np.float16:
+    if np.dtype(dtype).name != "float16":  # either byte order
         return math.inf
     scale = np.float16(FLOAT16_MAX / -lo)
     while float(scale) * -lo > FLOAT16_MAX:
