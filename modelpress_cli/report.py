@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from .evaluate import TaskMetric
 from .pipeline import ErrorStats
@@ -135,6 +134,7 @@ class Report:
 
     def render_table(self, console: Console, *, all_rows: bool = False) -> None:
         """Print the table; without `all_rows`, only the largest and worst tensors."""
+        from rich.table import Table  # rich is 70 ms of an API caller's start-up otherwise
         shown = self.rows if all_rows else _largest_and_worst(self.rows, DEFAULT_ROWS)
         table = Table(title=f"{cell(self.input)} → {cell(self.output)}", title_justify="left",
                       show_footer=True)
@@ -190,6 +190,7 @@ def _largest_and_worst(rows: list[TensorRow], limit: int) -> list[TensorRow]:
 
 def render_index(facts: dict[str, Any], console: Console) -> None:
     """The `inspect` view of an .mpz: file facts, then a row per tensor."""
+    from rich.table import Table
     source, tool = facts["source"], facts["tool"] or {}
     console.print(f"{facts['file']}: .mpz version {facts['format_version']}, written by "
                   f"{tool.get('name')} {tool.get('version')} from {source.get('file')} "
@@ -213,6 +214,7 @@ def render_index(facts: dict[str, Any], console: Console) -> None:
 
 def cell(text: str) -> str:
     """Text from a file, safe in a rich table: no markup, no control characters."""
+    from rich.markup import escape
     return escape(text if text.isprintable() else repr(text)[1:-1])
 
 
