@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import zstandard
 
 from .errors import IntegrityError
@@ -20,6 +22,10 @@ CODES = {"window_log": 17, "hash_log": 12, "chain_log": 12, "search_log": 1, "mi
 #: number of threads (facebook/zstd#2238), so --threads changes no byte.
 SPLIT_BYTES = 8 << 20
 JOB_BYTES = 4 << 20
+#: One big block at a time gets --threads of zstd's threads; a big block coded meanwhile by
+#: another tensor's worker gets one (still split in jobs: the same bytes), so that the
+#: threads stay near the core count rather than its square.
+_WIDE = threading.Semaphore(1)
 
 
 def compress(raw: bytes | memoryview, codes: bool = False) -> tuple[str, bytes | memoryview]:
@@ -27,7 +33,19 @@ def compress(raw: bytes | memoryview, codes: bool = False) -> tuple[str, bytes |
     that raw holds quantized codes (see CODES)."""
     if len(raw) < 64:
         return "none", raw
-    split = {"threads": THREADS.get(), "job_size": JOB_BYTES} if len(raw) >= SPLIT_BYTES else {}
+    if len(raw) < SPLIT_BYTES:
+        return _smaller(raw, codes, {})
+    wide = _WIDE.acquire(blocking=False)
+    try:
+        return _smaller(raw, codes, {"threads": THREADS.get() if wide else 1,
+                                     "job_size": JOB_BYTES})
+    finally:
+        if wide:
+            _WIDE.release()
+
+
+def _smaller(raw: bytes | memoryview, codes: bool, split: dict) -> tuple[str, bytes | memoryview]:
+    """compress() with zstd's thread settings given."""
     if codes:
         coder = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters(
             **CODES, **split))
