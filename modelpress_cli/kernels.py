@@ -281,7 +281,8 @@ def _float16_value(v):
     """float32 v rounded to the nearest float16 value, ties to even, as numpy's cast does
     (beyond 65504, ±inf), kept as a float32. From the bits (numba has no float16): normal
     float16 values keep float32's top 11 significant bits; below 2**-14 the step is a
-    fixed 2**-24."""
+    fixed 2**-24. (_float16_bits_of rounds the same way, to the bits; widening its result
+    instead made the float16 quantizer 20-30% slower.)"""
     bits = _float32_bits(v)
     tiny = _float32_bits(np.float32(np.rint(v * np.float32(2.0 ** 24))) * np.float32(2.0 ** -24))
     r = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
