@@ -606,6 +606,14 @@ def _stored_overload(y, out):
     return None  # no other output type: a typing error, not a silent misreading
 
 
+@numba.njit(**JIT)
+def narrow(values, out):
+    """float32 values into `out`: the half_bits() of float16 or bfloat16, rounded as the
+    cast would round them (_stored)."""
+    for i in range(values.size):
+        out[i] = _stored(values[i], out)
+
+
 @numba.njit(**FAST)
 def dequantize_symmetric(codes, scales, bits, out):
     """v·scale into `out` for (n_groups, group) codes read as b-bit two's complement v:

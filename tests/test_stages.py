@@ -30,7 +30,7 @@ from modelpress_cli.stages import (
     UniformQuantize,
     stage_from_config,
 )
-from modelpress_cli.stages.quantize import normal_float_codebook
+from modelpress_cli.stages.quantize import as_dtype, normal_float_codebook
 
 EXAMPLES = [MagnitudePrune(0.5), UniformQuantize(4, 32, False), UniformQuantize(8, "channel"),
             HalfCast("bfloat16"), SparsePack("values"), BytePlanes("float16"),
@@ -195,6 +195,23 @@ def test_16_bit_decode_is_bit_for_bit_the_cast_of_the_float32_values(dtype):
     with np.errstate(over="ignore", invalid="ignore"):
         want = (scales * np.float32(1)).astype(DTYPES[dtype]).reshape(codes.shape)
     assert np.array_equal(out.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", ">f2", "float64"])
+def test_casts_to_16_bit_types_are_numpys_own(dtype):
+    """--bits 16 and every decoder's last step: the compiled float32 -> float16/bfloat16 cast
+    gives numpy's (ml_dtypes') bits, on a tensor big enough to be split over threads."""
+    rng = np.random.default_rng(13)
+    x = np.concatenate([rng.integers(0, 2 ** 32, 1 << 20, dtype=np.uint64).astype(
+        np.uint32).view(np.float32), rng.normal(0, 1e-5, 1 << 20).astype(np.float32)])
+    x = x.reshape(1024, -1)[:, ::2]  # not contiguous
+    target = np.dtype(DTYPES.get(dtype, dtype))
+    with np.errstate(over="ignore", invalid="ignore"):  # numpy's warnings, where it casts
+        got, want = as_dtype(x, target), x.astype(target)
+    assert got.dtype == target and got.shape == x.shape
+    assert got.tobytes() == want.tobytes()
+    if target.kind == "f" and target.itemsize == 2 or target.name == "bfloat16":  # and back
+        assert as_dtype(got, np.float32).tobytes() == want.astype(np.float32).tobytes()
 
 
 def test_big_endian_float16_quantizes_as_native_float16_does():
