@@ -26,7 +26,7 @@ from .stages import (
     UniformQuantize,
 )
 from .stages.base import Stage, decode_chain
-from .stages.quantize import MAX_STEP_CODE
+from .stages.quantize import MAX_STEP_CODE, as_dtype
 
 DEFAULT_GROUP_SIZE = 64
 DEFAULT_MIN_ELEMENTS = 4096
@@ -288,7 +288,7 @@ def _through_dtype(x: np.ndarray, flat: np.ndarray, step: float, wanted: float) 
     """Shrink `step` until the error holds after the final cast to a 16-bit x.dtype, whose
     own rounding adds noise that the float64 search did not see."""
     for _ in range(60):
-        y = kernels.step_values(kernels.step_codes(flat, step), step).astype(x.dtype)
+        y = as_dtype(kernels.step_values(kernels.step_codes(flat, step), step), x.dtype)
         d = y.astype(np.float64) - flat
         if float(d @ d) / flat.size <= wanted:
             return step
