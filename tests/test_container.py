@@ -14,7 +14,7 @@ from conftest import model, write_npz, write_safetensors
 
 import modelpress_cli as mp
 from modelpress_cli import entropy
-from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, encode_block
+from modelpress_cli.container import FOOTER, MpzReader, MpzWriter, crc32, encode_block
 from modelpress_cli.entropy import SPLIT_BYTES
 from modelpress_cli.errors import FormatError, IntegrityError
 from modelpress_cli.formats.base import DTYPES, TensorInfo
@@ -74,6 +74,15 @@ def damaged(tmp_path: Path, change) -> Path:
     path = tmp_path / "m.mpz"
     path.write_bytes(change(path.read_bytes()))
     return path
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 4097, (1 << 20) + 3])
+def test_block_checksums_are_zlibs_crc32(size):
+    """docs/format.md promises zlib's CRC-32, whichever library computes it (isal or zlib)."""
+    data = np.random.default_rng(size).integers(0, 256, size + 1, dtype=np.uint8).tobytes()
+    view = memoryview(data)[1:]  # an unaligned view, as blocks are sliced from buffers
+    assert crc32(view) == zlib.crc32(view)
+    assert crc32(b"123456789") == 0xCBF43926  # the CRC-32/ISO-HDLC check value
 
 
 def rewrite_index(data: bytes, edit) -> bytes:
