@@ -195,7 +195,7 @@ class UniformQuantize(Stage):
             sums = split(lambda k: kernels.quantize_groups(
                 flat[k], lo, hi, ratios, search_refits(self.bits), self.bits, codes[k],
                 scale[k], limit))
-            out["scales"] = scale.astype(np.float16).reshape(rows, -1)  # exact: float16 values
+            out["scales"] = as_dtype(scale, np.float16).reshape(rows, -1)  # exact: float16 values
             if measure and self.measures_itself(x.dtype):
                 padding = rows * (flat.size // rows - cols)  # zeros that decode crops
                 top = np.array(max(s[4] for s in sums), np.uint32).view(np.float32)
