@@ -11,15 +11,6 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from . import __version__, api
 from .atomic import atomic_output, check_output
@@ -70,8 +61,11 @@ class _Group(click.Group):
             raise _Failure(f"{where}{e.strerror or e}", 1) from None
 
 
-def _stdout() -> Console:
-    """Terminal width on a terminal; 160 columns in pipes and CI logs, where rich assumes 80."""
+def _stdout():
+    """A rich Console for tables: terminal width on a terminal; 160 columns in pipes and CI
+    logs, where rich assumes 80. (rich is imported here and in _progress_bar only: a --quiet
+    or --json run does without its 70 ms of imports.)"""
+    from rich.console import Console
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
@@ -180,13 +174,21 @@ def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None
 @contextlib.contextmanager
 def _progress_bar(*, enabled: bool):
     """A rich progress bar on stderr when it is a terminal; None in pipes and CI logs."""
-    console = Console(stderr=True)
-    if not (enabled and console.is_terminal):
+    if not (enabled and sys.stderr.isatty()):
         yield None
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("compressing", total=None)
 
         def update(name: str, done: int, total: int) -> None:

@@ -180,6 +180,52 @@ def test_a_table_of_many_tensors_shows_the_largest_and_worst_and_counts_the_rest
     assert all(f"│ {n} " in everything.stdout for n in tensors)
 
 
+def _compress_with_stderr_on_a_terminal(src, dst, *options: str) -> bytes:
+    """What `modelpress compress` writes to stderr when stderr is a pseudo-terminal."""
+    pty = pytest.importorskip("pty", reason="pseudo-terminals are POSIX-only")
+    import os
+    import threading
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # the terminal's buffer is small: read it while the command runs
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the command exited and closed its end
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "modelpress_cli", "compress", str(src),
+                               str(dst), "--bits", "4", *options], stdout=subprocess.PIPE,
+                              stderr=follower, timeout=120,
+                              env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"})
+    finally:
+        os.close(follower)
+        reader.join(timeout=10)
+        os.close(leader)
+    assert done.returncode == 0
+    return b"".join(chunks)
+
+
+def test_a_progress_bar_is_drawn_on_a_terminal_and_nowhere_else(tmp_path):
+    src = write_npz(tmp_path / "m.npz", model())
+    drawn = _compress_with_stderr_on_a_terminal(src, tmp_path / "a.mpz").decode(errors="replace")
+    assert "compressing" in drawn or any(name in drawn for name in model())
+    assert "\x1b[" in drawn  # drawn and redrawn with terminal control codes
+    assert _compress_with_stderr_on_a_terminal(src, tmp_path / "q.mpz", "--quiet") == b""
+    piped = subprocess.run([sys.executable, "-m", "modelpress_cli", "compress", str(src),
+                            str(tmp_path / "b.mpz"), "--bits", "4"], capture_output=True,
+                           text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == ""  # CI logs stay clean
+    assert "bits per weight" in piped.stdout  # the table still goes to stdout
+
+
 def test_progress_is_reported_per_tensor_through_the_api(tmp_path):
     import modelpress_cli as mp
     src = write_npz(tmp_path / "m.npz", model())
