@@ -36,6 +36,7 @@ Prints a table, checks peak RSS <= 400 MB + 4 x the largest tensor's bytes, and 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -226,7 +227,10 @@ def tensor_bytes(path: Path) -> int:
 
 def prime(warmup: Path, workdir: Path, settings: dict) -> None:
     """Compress and decompress the tiny file once, untimed: numba compiles a kernel the
-    first time a new build meets a new input type (seconds), and caches it on disk."""
+    first time a new build meets a new input type (seconds), and caches it on disk. And
+    compile the checkout's bytecode, as `pip install` does for an installed package: where
+    PYTHONDONTWRITEBYTECODE is set, every start-up would compile modelpress's modules."""
+    compileall.compile_dir(ROOT / "modelpress_cli", quiet=1)
     mpz, back = workdir / "prime.mpz", workdir / f"prime{warmup.suffix}"
     run_child({"op": "compress", "src": str(warmup), "dst": str(mpz), **settings})
     run_child({"op": "decompress", "src": str(mpz), "dst": str(back)})
