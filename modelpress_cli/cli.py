@@ -285,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     # in the collections a compress triggers and, above all, in those at interpreter exit
     # (0.4-0.5 s of every run, whatever the model's size, before).
     gc.freeze()
+    # Where scipy is installed, numba's first kernel load imports scipy.linalg (0.3 s) to find
+    # a BLAS for np.dot and the like, which no kernel here uses. The command blocks that one
+    # import, as a machine without scipy has it fail (CI runs without scipy).
+    sys.modules.setdefault("scipy.linalg.cython_blas", None)
     try:
         cli.main(args=argv, prog_name="modelpress")
     except Exception as e:  # a bug: one line, not a traceback
