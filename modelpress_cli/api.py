@@ -210,7 +210,12 @@ def _tensor_options(info: TensorInfo, opts: Options, recipe: Recipe | None,
     return tensor_opts
 
 
-IN_FLIGHT_BYTES = 256 << 20  # tensors read but not yet written, beyond the largest one
+#: Tensors read but not yet written, in _work_bytes, beyond the largest tensor's: the largest
+#: (an embedding, say) need not be encoded alone while the core its last steps leave idle
+#: could start on the next tensors (a 4 GB float32 model's 4-bit compress: about 3% faster,
+#: nine alternating pairs; the same peak RSS). Peak memory still depends on the largest
+#: tensor, not on the model's size.
+IN_FLIGHT_BYTES = 256 << 20
 
 
 def _work_bytes(info: TensorInfo) -> int:
@@ -232,6 +237,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
     seen: dict[tuple, list[TensorRow]] = {}
     pending: deque[tuple[TensorInfo, Options, Future]] = deque()
     done, total = 0, sum(i.n_bytes for i in reader.infos())
+    budget = IN_FLIGHT_BYTES + max((_work_bytes(i) for i in reader.infos()), default=0)
 
     def write_oldest() -> None:
         nonlocal done
@@ -250,7 +256,7 @@ def _compress_into(reader: TensorReader, src: Path, input_bytes: int, tmp: Path,
     try:
         for info in reader.infos():
             while pending and (len(pending) > 2 * threads or sum(
-                    _work_bytes(i) for i, _, _ in pending) + _work_bytes(info) > IN_FLIGHT_BYTES):
+                    _work_bytes(i) for i, _, _ in pending) + _work_bytes(info) > budget):
                 write_oldest()
             tensor_opts = _tensor_options(info, opts, recipe, steps)
             x = reader.view(info.name)
