@@ -174,7 +174,7 @@ def compress(src: Path, dst: Path, recipe: Path | None, eval_command: str | None
 @contextlib.contextmanager
 def _progress_bar(*, enabled: bool):
     """A rich progress bar on stderr when it is a terminal; None in pipes and CI logs."""
-    if not (enabled and sys.stderr.isatty()):
+    if not (enabled and sys.stderr is not None and sys.stderr.isatty()):  # None: 2>&-
         yield None
         return
     from rich.console import Console
@@ -278,8 +278,21 @@ def _terminate(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: expected failures are one line (see _Group); a bug is one line too."""
+    """The command, callable in-process: expected failures are one line (see _Group); a bug
+    is one line too."""
     signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli.main(args=argv, prog_name="modelpress")
+    except Exception as e:  # a bug: one line, not a traceback
+        click.echo(f"Error: internal error ({type(e).__name__}: {e}); please report it",
+                   err=True)
+        sys.exit(1)
+
+
+def run() -> None:
+    """The `modelpress` executable (and `python -m modelpress_cli`): main() in a process of
+    its own, which ends with it, so it takes two process-wide shortcuts that main() alone,
+    called from someone's long-lived process, must not."""
     # numba's modules, and the typing tables it builds when it loads the first kernel, are
     # a million-odd objects that live until exit. Frozen, the garbage collector skips them:
     # in the collections a compress triggers and, above all, in those at interpreter exit
@@ -290,10 +303,6 @@ def main(argv: list[str] | None = None) -> None:
     # import, as a machine without scipy has it fail (CI runs without scipy).
     sys.modules.setdefault("scipy.linalg.cython_blas", None)
     try:
-        cli.main(args=argv, prog_name="modelpress")
-    except Exception as e:  # a bug: one line, not a traceback
-        click.echo(f"Error: internal error ({type(e).__name__}: {e}); please report it",
-                   err=True)
-        sys.exit(1)
+        main()
     finally:
         gc.freeze()

@@ -38,7 +38,7 @@ from .stages.base import Stage, decode_chain, describe_chain, stage_from_config
 
 try:  # ISA-L's CRC-32, by carry-less multiplication: the same checksum at 4x zlib's speed
     from isal.isal_zlib import crc32
-except ImportError:  # a machine isal has no wheel for (pyproject.toml): zlib's own
+except ImportError:  # isal not installed (other CPUs: see pyproject.toml): zlib's own
     from zlib import crc32
 
 MAGIC = b"\x89MPZ\r\n\x1a\n"

@@ -20,10 +20,10 @@ CODES = {"window_log": 17, "hash_log": 12, "chain_log": 12, "search_log": 1, "mi
 #: frame still, which any zstd decoder reads): a big tensor's block is otherwise coded on one
 #: core while the other waits for it. zstd's multi-threaded output is the same bytes for any
 #: number of threads (facebook/zstd#2238), so --threads changes no byte. That mode copies
-#: each job in and out of buffers of its own, about 1.5x the CPU: only tensors big enough to
-#: be encoded alone (api.IN_FLIGHT_BYTES) gain by it. At 8 MiB, the 11.5 MB code blocks of
-#: an 8-bit LLM's MLP matrices paid it while the other core was busy with the next tensor:
-#: 16 MiB made an 8-bit compress of the 4 GB benchmark model 15% faster.
+#: each job in and out of buffers of its own, about 1.5x the CPU: only the biggest tensors,
+#: with little else in flight beside them (api.IN_FLIGHT_BYTES), gain by it. At 8 MiB, the
+#: 11.5 MB code blocks of an 8-bit LLM's MLP matrices paid it while the other core was busy
+#: with the next tensor: 16 MiB made an 8-bit compress of the 4 GB benchmark model 15% faster.
 SPLIT_BYTES = 16 << 20
 JOB_BYTES = 4 << 20
 #: One big block at a time gets --threads of zstd's threads; a big block coded meanwhile by

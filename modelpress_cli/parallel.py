@@ -1,7 +1,8 @@
 """One big tensor's work split over the cores, and the thread count that bounds it.
 
 Tensors already encode in parallel (api.py), but a file's largest tensors (a 262 MB
-embedding) are encoded alone: the memory bound lets no second one in flight. The compiled
+embedding) are encoded with little beside them: the memory bound lets only 256 MiB more in
+flight, and a decoder writes one tensor at a time. The compiled
 kernels work on independent items (groups, rANS chunks), so running ranges of them on
 several threads gives the same bytes as one call, and both cores stay busy.
 """

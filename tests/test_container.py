@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -83,6 +85,20 @@ def test_block_checksums_are_zlibs_crc32(size):
     view = memoryview(data)[1:]  # an unaligned view, as blocks are sliced from buffers
     assert crc32(view) == zlib.crc32(view)
     assert crc32(b"123456789") == 0xCBF43926  # the CRC-32/ISO-HDLC check value
+
+
+def test_without_isal_the_same_file_is_written_and_read(tmp_path):
+    """Where isal is not installed, zlib computes the checksums: the same bytes, both ways."""
+    src = write_npz(tmp_path / "m.npz", model())
+    mp.compress(src, tmp_path / "isal.mpz", bits=4)
+    script = ("import sys; sys.modules['isal'] = None; import modelpress_cli as mp; "
+              "from modelpress_cli import container; assert container.crc32.__module__ == "
+              "'zlib', container.crc32.__module__; mp.compress(sys.argv[1], sys.argv[2], "
+              "bits=4); mp.verify(sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", script, str(src), str(tmp_path / "zlib.mpz"),
+                           str(tmp_path / "isal.mpz")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "zlib.mpz").read_bytes() == (tmp_path / "isal.mpz").read_bytes()
 
 
 def rewrite_index(data: bytes, edit) -> bytes:
