@@ -437,7 +437,7 @@ def _wide_measure(groups, codes, scales, bits):
             ref += a * a
             err += d * d
             peak = max(peak, abs(d))
-            zeros += (v == 0) | (s == 0)
+            zeros += v == 0  # a zero scale has only zero codes (_codes_measured)
     return ref, err, peak, zeros
 
 
